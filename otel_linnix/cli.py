@@ -1,0 +1,301 @@
+"""The ``otel-linnix`` command: run, check-config, record, replay, bpf dump.
+
+Only this module (and the client CLI) prints. Start-up problems are
+LinnixErrors: one line per problem on stderr and a sysexits code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, TextIO
+
+from otel_linnix.config import Config, load_config
+from otel_linnix.console import event_line
+from otel_linnix.errors import EX_DATAERR, EX_SOFTWARE, DataError, LinnixError, UsageError
+from otel_linnix.events import ProcessEvent
+from otel_linnix.pipeline import AgentStatus, Pipeline
+from otel_linnix.process_table import ProcessTable
+from otel_linnix.sinks import JsonlWriter, SinkWorker
+from otel_linnix.sources.procfs import boottime_ns
+
+__all__ = ["main"]
+
+log = logging.getLogger("otel_linnix")
+
+# A status line this often while running, so a foreground agent shows life.
+_STATUS_EVERY_S = 60.0
+
+
+def wall_from_boot(ts_ns: int) -> int:
+    """Boot-clock ns -> Unix-epoch ns, using the clocks' offset right now."""
+    return ts_ns + (time.time_ns() - boottime_ns())
+
+
+def _status_line(st: AgentStatus) -> str:
+    kinds = " ".join(f"{k}={v}" for k, v in sorted(st.events_by_kind.items())) or "none"
+    lost = st.source_stats.lost_total
+    dropped = sum(st.sink_dropped.values())
+    health = "degraded: " + "; ".join(st.degraded_reasons) if st.degraded else "ok"
+    return (
+        f"source={st.source.value} events[{kinds}] lost={lost} sink_drops={dropped} "
+        f"live={st.table.live} exited={st.table.exited} "
+        f"evicted={st.table.evicted_exited + st.table.evicted_live} "
+        f"sweep={st.sampler.duration_s * 1000:.1f}ms status={health}"
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _build(config: Config, sinks: Sequence[SinkWorker] = ()) -> Pipeline:
+    from otel_linnix.agent import build_pipeline  # noqa: PLC0415 - keeps `--help` fast
+
+    return build_pipeline(config, sinks)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    for key in config.ignored_keys:
+        log.warning("config: %s is a Linnix setting this agent does not use; ignored", key)
+    pipeline = _build(config)
+    with _stop_on_signals() as stop:
+        pipeline.start()
+        log.info(
+            "otel-linnix running (source %s, config %s)",
+            pipeline.source.kind.value,
+            config.source_path or "embedded defaults",
+        )
+        if pipeline.fallback_reason:
+            log.warning(
+                "health: degraded (source %s): %s",
+                pipeline.source.kind.value,
+                pipeline.fallback_reason,
+            )
+        while not stop.wait(_STATUS_EVERY_S):
+            log.info("%s", _status_line(pipeline.status()))
+    pipeline.stop(timeout_s=1.5)
+    log.info("stopped: %s", _status_line(pipeline.status()))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"config ok: {config.source_path or 'embedded defaults'}")
+    print(f"rules: {config.rules_path() if config.rules.enabled else 'disabled'}")
+    print(
+        f"capture: source={config.capture.source} "
+        f"drain_interval_ms={config.capture.drain_interval_ms}"
+    )
+    for key in config.ignored_keys:
+        print(f"ignored (Linnix setting not used here): {key}")
+    return 0
+
+
+class _BootstrapFilter:
+    """A sink wrapper that leaves out start-up walk events."""
+
+    def __init__(self, inner: JsonlWriter) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def emit(self, events: Sequence[ProcessEvent]) -> None:
+        kept = [ev for ev in events if not ev.bootstrap]
+        if kept:
+            self.inner.emit(kept)
+
+    def flush(self, timeout_s: float) -> None:
+        self.inner.flush(timeout_s)
+
+    def shutdown(self, timeout_s: float) -> None:
+        self.inner.shutdown(timeout_s)
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    out: TextIO
+    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        writer = JsonlWriter(out, wall_from_boot)
+        sink = SinkWorker(_BootstrapFilter(writer) if args.no_bootstrap else writer)
+        pipeline = _build(config, [sink])
+        with _stop_on_signals() as stop:
+            pipeline.start()
+            log.info(
+                "recording to %s (source %s)%s",
+                args.out,
+                pipeline.source.kind.value,
+                f" for {args.duration:g} s" if args.duration else "",
+            )
+            stop.wait(args.duration if args.duration else None)
+        pipeline.stop(timeout_s=5.0)
+        st = pipeline.status()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(_status_line(st), file=sys.stderr)
+    if sink.dropped:
+        print(
+            f"otel-linnix: {sink.dropped} events did not fit the recorder's queue "
+            "and are missing from the recording",
+            file=sys.stderr,
+        )
+    return 0
+
+
+class _PrintingSink:
+    def __init__(self, table: ProcessTable, emit: Callable[[ProcessEvent], None]) -> None:
+        self.table = table
+        self.emit = emit
+
+    def handle_batch(self, events: Sequence[ProcessEvent]) -> None:
+        self.table.apply_batch(events)
+        for ev in events:
+            self.emit(ev)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from otel_linnix.recording import event_to_dict  # noqa: PLC0415
+    from otel_linnix.sources.replay import ReplaySource  # noqa: PLC0415
+
+    config = load_config(args.config)
+    table = ProcessTable(
+        config.process_table.max_entries, int(config.process_table.exited_retention_s * 1e9)
+    )
+    out: IO[str] = sys.stdout
+    colour = out.isatty() and not args.no_color
+
+    def emit(ev: ProcessEvent) -> None:
+        if args.json:
+            import json  # noqa: PLC0415
+
+            out.write(json.dumps(event_to_dict(ev), separators=(",", ":")) + "\n")
+        elif not args.quiet:
+            out.write(event_line(ev, colour=colour) + "\n")
+
+    source = ReplaySource(args.file)
+    try:
+        count = source.run(_PrintingSink(table, emit))
+    except OSError as exc:
+        raise DataError(f"{args.file}: cannot read recording: {exc.strerror}") from None
+    for line_no, reason in source.errors:
+        print(f"otel-linnix: {args.file}:{line_no}: {reason}", file=sys.stderr)
+    st = table.stats()
+    print(
+        f"replayed {count} events from {args.file}: {st.live} processes still running, "
+        f"{st.exited} exited, {source.error_count} bad lines",
+        file=sys.stderr,
+    )
+    return EX_DATAERR if source.error_count else 0
+
+
+def cmd_bpf_dump(args: argparse.Namespace) -> int:
+    from otel_linnix.sources.bpf import BpfSource  # noqa: PLC0415
+
+    config = load_config(args.config)
+    print(BpfSource(config.capture).program().dump())
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="otel-linnix",
+        description=(
+            "Watch every process on this host from the kernel and export it the OpenTelemetry way."
+        ),
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument(
+            "--config",
+            metavar="PATH",
+            help="linnix.toml (default: $LINNIX_CONFIG, /etc/linnix/linnix.toml, "
+            "else embedded defaults)",
+        )
+        return sp
+
+    with_config(sub.add_parser("run", help="run the agent in the foreground")).set_defaults(
+        func=cmd_run
+    )
+    with_config(sub.add_parser("check-config", help="validate the configuration")).set_defaults(
+        func=cmd_check_config
+    )
+    rec = with_config(sub.add_parser("record", help="record lifecycle events as JSON Lines"))
+    rec.add_argument("--out", required=True, metavar="FILE", help="output file, - for stdout")
+    rec.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="stop after S seconds (default: until interrupted)",
+    )
+    rec.add_argument(
+        "--no-bootstrap",
+        action="store_true",
+        help="leave out the processes that were running at start-up",
+    )
+    rec.set_defaults(func=cmd_record)
+    rep = with_config(sub.add_parser("replay", help="replay a recording through the agent"))
+    rep.add_argument("file", metavar="FILE")
+    rep.add_argument("--json", action="store_true", help="print events as JSON Lines")
+    rep.add_argument("--quiet", action="store_true", help="print only the summary")
+    rep.add_argument("--no-color", action="store_true")
+    rep.set_defaults(func=cmd_replay)
+    bpf = sub.add_parser("bpf", help="eBPF program tools")
+    bpf_sub = bpf.add_subparsers(dest="bpf_command", required=True, metavar="COMMAND")
+    with_config(
+        bpf_sub.add_parser("dump", help="print the final BPF program and its flags")
+    ).set_defaults(func=cmd_bpf_dump)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors; sysexits says 64
+        return 0 if exc.code == 0 else UsageError.exit_code
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result: int = args.func(args)
+    except LinnixError as exc:
+        for line in str(exc).splitlines():
+            print(f"otel-linnix: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception:
+        log.exception("internal error")
+        return EX_SOFTWARE
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

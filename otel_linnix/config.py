@@ -1,0 +1,327 @@
+"""linnix.toml and environment overrides -> frozen dataclasses.
+
+Read once at start-up and passed down; nothing reads os.environ later. A bad
+file, an unknown key or a wrong type is a ConfigError naming the file, the
+key and what was expected; it is never replaced by a default. Keys that
+Linnix accepts but this agent has no use for are accepted with a warning
+(they are listed by ``check-config``), so a Linnix config keeps loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from otel_linnix.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "ENV_CONFIG",
+    "ENV_KERNEL_BTF",
+    "ENV_LLM_API_KEY",
+    "ENV_LLM_ENDPOINT",
+    "ENV_LLM_MODEL",
+    "ApiConfig",
+    "CaptureConfig",
+    "Config",
+    "LlmConfig",
+    "ProcessTableConfig",
+    "RulesConfig",
+    "RuntimeConfig",
+    "TelemetryConfig",
+    "bundled_path",
+    "load_config",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/linnix/linnix.toml")
+ENV_CONFIG = "LINNIX_CONFIG"
+ENV_LLM_ENDPOINT = "LLM_ENDPOINT"
+ENV_LLM_MODEL = "LLM_MODEL"
+ENV_LLM_API_KEY = "LLM_API_KEY"
+ENV_KERNEL_BTF = "LINNIX_KERNEL_BTF"
+
+
+def _spec(
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    pow2: bool = False,
+    choices: tuple[str, ...] = (),
+    doc: str = "",
+) -> dict[str, Any]:
+    return {"lo": lo, "hi": hi, "pow2": pow2, "choices": choices, "doc": doc}
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    offline: bool = field(default=False, metadata=_spec(doc="no outbound calls at all"))
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    sample_interval_ms: int = field(default=1000, metadata=_spec(100, 60_000))
+    sample_max_processes: int = field(default=20_000, metadata=_spec(1, 1_000_000))
+    fd_limit_refresh_sweeps: int = field(default=30, metadata=_spec(1, 10_000))
+
+
+@dataclass(frozen=True, slots=True)
+class RulesConfig:
+    enabled: bool = True
+    # None: the default rules bundled with the agent.
+    config_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    bind_address: str = "127.0.0.1:3000"
+
+
+@dataclass(frozen=True, slots=True)
+class LlmConfig:
+    endpoint: str = "http://localhost:8090/v1/chat/completions"
+    model: str = "qwen2.5-7b"
+    timeout_secs: int = field(default=120, metadata=_spec(1, 3600))
+    api_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    source: str = field(default="auto", metadata=_spec(choices=("auto", "ebpf", "procfs")))
+    drain_interval_ms: int = field(default=100, metadata=_spec(10, 1000))
+    wakeup_every: int = field(default=512, metadata=_spec(1, 1_000_000))
+    ring_buffer_kib: int = field(default=8192, metadata=_spec(64, 1_048_576, pow2=True))
+    argv_max_bytes: int = field(default=4096, metadata=_spec(128, 32_768, pow2=True))
+    filename_max_bytes: int = field(default=512, metadata=_spec(64, 4096, pow2=True))
+    kernel_threads: bool = False
+    poll_interval_ms: int = field(default=1000, metadata=_spec(100, 60_000))
+    max_processes: int = field(default=65_536, metadata=_spec(1024, 4_194_304))
+    exit_overflow_entries: int = field(default=16_384, metadata=_spec(128, 1_048_576))
+    btf_path: str = "/sys/kernel/btf/vmlinux"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessTableConfig:
+    exited_retention_s: float = field(default=60.0, metadata=_spec(0, 86_400))
+    max_entries: int = field(default=100_000, metadata=_spec(100, 10_000_000))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    runtime: RuntimeConfig = RuntimeConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    rules: RulesConfig = RulesConfig()
+    api: ApiConfig = ApiConfig()
+    llm: LlmConfig = LlmConfig()
+    capture: CaptureConfig = CaptureConfig()
+    process_table: ProcessTableConfig = ProcessTableConfig()
+    # Where the settings came from (None: embedded defaults) and what was
+    # accepted but ignored, for check-config and the start-up log.
+    source_path: str | None = None
+    ignored_keys: tuple[str, ...] = ()
+
+    def rules_path(self) -> Path:
+        """The rules file to load: the configured one or the bundled defaults."""
+        if self.rules.config_path is not None:
+            return Path(self.rules.config_path)
+        return bundled_path("config", "rules.yaml")
+
+
+# Linnix spellings of keys we support under another name.
+_ALIASES: Mapping[tuple[str, str], str] = {
+    ("api", "listen_addr"): "bind_address",
+    ("rules", "path"): "config_path",
+}
+# Linnix keys with no meaning here: accepted, reported, otherwise ignored.
+_LINNIX_IGNORED_SECTIONS = frozenset(
+    {
+        "logging",
+        "reasoner",
+        "outputs",
+        "prometheus",
+        "circuit_breaker",
+        "notifications",
+        "psi",
+        "noise_budget",
+        "privacy",
+        "probes",
+    }
+)
+_LINNIX_IGNORED_KEYS = frozenset(
+    {
+        ("runtime", "cpu_target_pct"),
+        ("runtime", "rss_cap_mb"),
+        ("runtime", "events_rate_cap"),
+        ("telemetry", "retention_seconds"),
+        ("telemetry", "min_eps_to_enable"),
+        ("api", "unix_socket"),
+        ("api", "require_kernel_instrumentation"),
+    }
+)
+
+
+def bundled_path(*parts: str) -> Path:
+    """A file shipped with the agent: inside the installed package, or the source tree."""
+    pkg = Path(__file__).resolve().parent
+    for base in (pkg, pkg.parent):
+        candidate = base.joinpath(*parts)
+        if candidate.exists():
+            return candidate
+    return pkg.parent.joinpath(*parts)
+
+
+def _type_name(tp: Any) -> str:
+    return {
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "str": "a string",
+        "str | None": "a string",
+    }.get(str(tp), str(tp))
+
+
+def _check_value(where: str, f: dataclasses.Field[Any], value: Any) -> tuple[Any, str | None]:
+    tp = str(f.type)
+    meta = f.metadata
+    if tp == "bool":
+        ok = isinstance(value, bool)
+    elif tp == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp == "float":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        return value, f"{where}: expected {_type_name(tp)}, got {value!r}"
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        return value, f"{where}: expected a value between {lo:g} and {hi:g}, got {value!r}"
+    if meta.get("pow2") and value & (value - 1):
+        return value, f"{where}: expected a power of two, got {value!r}"
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        return value, f"{where}: expected one of {', '.join(choices)}, got {value!r}"
+    return value, None
+
+
+def _build_section(
+    cls: type[Any], name: str, table: Any, origin: str, *, errors: list[str], ignored: list[str]
+) -> Any:
+    if not isinstance(table, dict):
+        errors.append(f"{origin}: [{name}]: expected a table, got {table!r}")
+        return cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        target = _ALIASES.get((name, key), key)
+        where = f"{origin}: [{name}] {key}"
+        if (name, key) in _LINNIX_IGNORED_KEYS:
+            ignored.append(f"[{name}] {key}")
+            continue
+        if target not in fields:
+            known = ", ".join(sorted(fields))
+            errors.append(f"{where}: unknown key (known keys: {known})")
+            continue
+        checked, problem = _check_value(where, fields[target], value)
+        if problem:
+            errors.append(problem)
+        else:
+            values[target] = checked
+    return cls(**values)
+
+
+def _resolve_path(value: str | None, base: Path | None) -> str | None:
+    if value is None or base is None or os.path.isabs(value):
+        return value
+    return str((base / value).resolve())
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Load the configuration: ``path``, else $LINNIX_CONFIG, else the default
+    path if it exists, else the embedded defaults. Raises ConfigError listing
+    every problem, one per line."""
+    env = os.environ if environ is None else environ
+    explicit = path if path is not None else env.get(ENV_CONFIG)
+    cfg_path: Path | None
+    if explicit:
+        cfg_path = Path(explicit)
+    elif DEFAULT_CONFIG_PATH.exists():
+        cfg_path = DEFAULT_CONFIG_PATH
+    else:
+        cfg_path = None
+
+    origin = str(cfg_path) if cfg_path else "<embedded defaults>"
+    data = _read_toml(cfg_path) if cfg_path is not None else {}
+
+    errors: list[str] = []
+    ignored: list[str] = []
+    sections: dict[str, Any] = {}
+    section_types = {
+        f.name: f.type
+        for f in dataclasses.fields(Config)
+        if f.name not in ("source_path", "ignored_keys")
+    }
+    classes = {
+        "runtime": RuntimeConfig,
+        "telemetry": TelemetryConfig,
+        "rules": RulesConfig,
+        "api": ApiConfig,
+        "llm": LlmConfig,
+        "capture": CaptureConfig,
+        "process_table": ProcessTableConfig,
+    }
+    for name, table in data.items():
+        if name in _LINNIX_IGNORED_SECTIONS:
+            ignored.append(f"[{name}]")
+        elif name not in section_types:
+            known = ", ".join(f"[{s}]" for s in sorted(section_types))
+            errors.append(f"{origin}: [{name}]: unknown section (known sections: {known})")
+        else:
+            sections[name] = _build_section(
+                classes[name], name, table, origin, errors=errors, ignored=ignored
+            )
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+    base = cfg_path.resolve().parent if cfg_path else None
+    rules = sections.get("rules", RulesConfig())
+    rules = dataclasses.replace(rules, config_path=_resolve_path(rules.config_path, base))
+    if rules.enabled and rules.config_path is not None and not Path(rules.config_path).is_file():
+        raise ConfigError(
+            f"{origin}: [rules] config_path: rules file not found: {rules.config_path}"
+        )
+    llm = sections.get("llm", LlmConfig())
+    llm = dataclasses.replace(
+        llm,
+        endpoint=env.get(ENV_LLM_ENDPOINT, llm.endpoint),
+        model=env.get(ENV_LLM_MODEL, llm.model),
+        api_key=env.get(ENV_LLM_API_KEY, llm.api_key),
+    )
+    capture = sections.get("capture", CaptureConfig())
+    if env.get(ENV_KERNEL_BTF):
+        capture = dataclasses.replace(capture, btf_path=env[ENV_KERNEL_BTF])
+    sections["rules"] = rules
+    sections["llm"] = llm
+    sections["capture"] = capture
+    return Config(
+        **sections, source_path=str(cfg_path) if cfg_path else None, ignored_keys=tuple(ignored)
+    )

@@ -1,0 +1,135 @@
+"""The one event type that crosses module boundaries, and process identity.
+
+Every timestamp here is CLOCK_BOOTTIME in nanoseconds (what the kernel's
+``bpf_ktime_get_boot_ns()`` and ``task->start_boottime`` use), so kernel
+records, /proc start times and the agent's own clock can be compared without
+conversion. Wall-clock time is derived only at the edges.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+
+__all__ = [
+    "NS_PER_TICK",
+    "EventKind",
+    "ProcessEvent",
+    "ProcessKey",
+    "ProcessSource",
+    "decode_wait_status",
+]
+
+# /proc/<pid>/stat reports start times in USER_HZ ticks (always 100 on Linux,
+# but ask rather than assume). Identity keys are truncated to this resolution
+# so a key built from /proc and one built from a kernel record agree.
+NS_PER_TICK: int = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+class EventKind(enum.Enum):
+    """What happened to a process."""
+
+    FORK = "fork"
+    EXEC = "exec"
+    EXIT = "exit"
+    OOM_KILL = "oom_kill"
+
+
+class ProcessSource(enum.Enum):
+    """Where an event came from; users see it in records and /health."""
+
+    EBPF = "ebpf"
+    PROCFS = "procfs"
+    REPLAY = "replay"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ProcessKey:
+    """A process identity that survives PID reuse: (pid, start time).
+
+    ``start_time_ns`` is truncated to the /proc tick so that the same process
+    seen by the kernel probe and by a /proc scan gets the same key.  Two
+    processes with one pid inside one 10 ms tick would need the pid space
+    (32768 here) to wrap within that tick, which the machine cannot do.
+    """
+
+    pid: int
+    start_time_ns: int
+
+    @classmethod
+    def of(cls, pid: int, start_time_ns: int) -> ProcessKey:
+        return cls(pid, start_time_ns - start_time_ns % NS_PER_TICK)
+
+    def __str__(self) -> str:
+        return f"{self.pid}@{self.start_time_ns}"
+
+
+def decode_wait_status(code: int) -> tuple[int | None, int | None, bool]:
+    """Split a kernel wait status into (exit status, signal, core dumped).
+
+    ``task->exit_code`` uses the wait(2) encoding: bits 8-15 carry the exit
+    status of a normal exit, bits 0-6 the terminating signal, bit 7 core dump.
+    """
+    signal = code & 0x7F
+    if signal:
+        return None, signal, bool(code & 0x80)
+    return (code >> 8) & 0xFF, None, False
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessEvent:
+    """One lifecycle event of one process (never of a thread).
+
+    ``pid`` is the thread-group id. ``ppid``/``parent_start_time_ns`` name the
+    real parent at the time of the event. Fields that do not apply to a kind
+    are None.
+    """
+
+    kind: EventKind
+    ts_ns: int
+    pid: int
+    ppid: int
+    start_time_ns: int
+    comm: str
+    uid: int = 0
+    gid: int = 0
+    parent_start_time_ns: int | None = None
+    cgroup_id: int = 0
+    source: ProcessSource = ProcessSource.EBPF
+    # exec
+    exe: str | None = None
+    argv: tuple[str, ...] | None = None
+    argv_truncated: bool = False
+    # exit
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    core_dumped: bool = False
+    cpu_time_ns: int | None = None
+    peak_rss_bytes: int | None = None
+    # oom_kill: the victim's resident memory when the kernel chose it
+    rss_bytes: int | None = None
+    # set when the record describes a process that existed before start-up
+    bootstrap: bool = False
+    kernel_thread: bool = False
+    # enrichment (container attribution), filled by the pipeline
+    container_id: str | None = None
+    container_runtime: str | None = None
+    pod_uid: str | None = None
+    # the pipeline's sequence number (the /stream id); 0 until assigned
+    seq: int = field(default=0, compare=False)
+
+    @property
+    def key(self) -> ProcessKey:
+        return ProcessKey.of(self.pid, self.start_time_ns)
+
+    @property
+    def parent_key(self) -> ProcessKey | None:
+        if self.parent_start_time_ns is None or self.ppid <= 0:
+            return None
+        return ProcessKey.of(self.ppid, self.parent_start_time_ns)
+
+    @property
+    def abnormal_exit(self) -> bool:
+        """True for an exit by signal or with a non-zero status."""
+        return self.exit_signal is not None or bool(self.exit_code)

@@ -1,0 +1,230 @@
+"""Wires a source to the process table, the sampler and the sinks.
+
+Order at start-up: attach the kernel program (records of processes born
+from now on queue in the ring buffer), walk /proc for the processes that
+already exist, apply that walk, then start draining. Nothing born in
+between is missed, and the table tolerates the overlap.
+
+The drain thread calls ``handle_batch``: assign sequence numbers, attribute
+containers, apply to the table, hand to each sink's bounded queue. The
+sampler runs on its own thread. Neither blocks on a sink.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from otel_linnix.containers import CgroupResolver, parse_container
+from otel_linnix.events import EventKind, ProcessEvent, ProcessSource
+from otel_linnix.process_table import ProcessTable, TableStats
+from otel_linnix.sampler import Sampler, SweepStats
+from otel_linnix.sinks import SinkWorker
+from otel_linnix.sources.base import Source, SourceStats
+from otel_linnix.sources.procfs import ProcReader, bootstrap_scan
+
+__all__ = ["AgentStatus", "Pipeline"]
+
+log = logging.getLogger(__name__)
+
+# Recent loss marks the agent degraded for this long.
+_LOSS_WINDOW_NS = 60_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """Everything /status and the self-metrics report."""
+
+    source: ProcessSource
+    degraded_reasons: tuple[str, ...]
+    uptime_s: float
+    events_by_kind: dict[str, int]
+    source_stats: SourceStats
+    sink_dropped: dict[str, int]
+    sink_failures: dict[str, int]
+    table: TableStats
+    sampler: SweepStats
+    bootstrap_processes: int
+    cgroups: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.degraded_reasons)
+
+
+class Pipeline:
+    """Owns the flow of events; start/stop are idempotent."""
+
+    def __init__(
+        self,
+        source: Source,
+        table: ProcessTable,
+        reader: ProcReader,
+        resolver: CgroupResolver,
+        sinks: Sequence[SinkWorker],
+        *,
+        clock: Callable[[], int],
+        sample_interval_s: float,
+        sampler_max_processes: int = 20_000,
+        fd_limit_refresh_sweeps: int = 30,
+        capture_kernel_threads: bool = False,
+        fallback_reason: str | None = None,
+    ) -> None:
+        self.source = source
+        self.table = table
+        self._reader = reader
+        self._resolver = resolver
+        self.sinks = list(sinks)
+        self._clock = clock
+        self._kthreads = capture_kernel_threads
+        self.fallback_reason = fallback_reason
+        self.sampler = Sampler(
+            reader,
+            table,
+            source.cpu_times_ns,
+            clock,
+            max_processes=sampler_max_processes,
+            fd_limit_refresh_sweeps=fd_limit_refresh_sweeps,
+        )
+        self._sample_interval_s = sample_interval_s
+        self._seq = 0
+        self._by_kind: collections.Counter[str] = collections.Counter()
+        self._loss_marks: collections.deque[tuple[int, int]] = collections.deque(maxlen=256)
+        self._stop = threading.Event()
+        self._sampler_thread: threading.Thread | None = None
+        self._started_ns: int | None = None
+        self._bootstrap_count = 0
+        self._cgroup_ids: dict[str, int] = {}
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started_ns is not None:
+            return
+        self._started_ns = self._clock()
+        self.source.prepare()
+        for sink in self.sinks:
+            sink.start()
+        self._bootstrap()
+        self.source.start(self)
+        self._stop.clear()
+        self._sampler_thread = threading.Thread(
+            target=self._sample_loop, name="linnix-sampler", daemon=True
+        )
+        self._sampler_thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop the source, the sampler and the sinks, within about ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        self._stop.set()
+        self.source.stop(max(0.1, timeout_s / 2))
+        if self._sampler_thread is not None:
+            self._sampler_thread.join(max(0.0, deadline - time.monotonic()))
+            self._sampler_thread = None
+        for sink in self.sinks:
+            sink.stop(max(0.05, deadline - time.monotonic()))
+
+    def _bootstrap(self) -> None:
+        scan = bootstrap_scan(self._reader, self._clock())
+        events = []
+        for found in scan.events:
+            if found.kernel_thread and not self._kthreads:
+                continue
+            path = scan.cgroup_paths.get(found.key)
+            events.append(self._with_cgroup_path(found, path) if path is not None else found)
+        self._bootstrap_count = len(events)
+        self.handle_batch(events)
+        log.info("start-up walk of /proc found %d processes", len(events))
+
+    def _with_cgroup_path(self, ev: ProcessEvent, path: str) -> ProcessEvent:
+        cgroup_id = self._cgroup_ids.get(path)
+        if cgroup_id is None and self._resolver.root is not None:
+            try:
+                cgroup_id = os.stat(self._resolver.root + path).st_ino
+            except OSError:
+                cgroup_id = 0
+            self._cgroup_ids[path] = cgroup_id
+        info = parse_container(path)
+        return dataclasses.replace(
+            ev,
+            cgroup_id=cgroup_id or 0,
+            container_id=info.container_id if info else None,
+            container_runtime=info.runtime if info else None,
+            pod_uid=info.pod_uid if info else None,
+        )
+
+    # ---- the hot path ---------------------------------------------------------
+
+    def handle_batch(self, events: Sequence[ProcessEvent]) -> None:
+        """Called by the source's thread with events in kernel order."""
+        if not events:
+            return
+        out: list[ProcessEvent] = []
+        for ev in events:
+            self._seq += 1
+            out.append(self._enrich(ev, self._seq))
+            self._by_kind[ev.kind.value] += 1
+        self.table.apply_batch(out)
+        for sink in self.sinks:
+            sink.offer(out)
+        self.table.prune(out[-1].ts_ns)
+
+    def _enrich(self, ev: ProcessEvent, seq: int) -> ProcessEvent:
+        cgroup_id = ev.cgroup_id
+        if ev.kind is EventKind.OOM_KILL and not cgroup_id:
+            # The OOM tracepoint runs in the allocating task: take the
+            # victim's cgroup from what the table knows of it.
+            known = self.table.get(ev.key)
+            cgroup_id = known.cgroup_id if known else 0
+        if ev.container_id is None and cgroup_id > 1:
+            info = self._resolver.container_of(cgroup_id)
+            if info is not None:
+                return dataclasses.replace(
+                    ev,
+                    seq=seq,
+                    cgroup_id=cgroup_id,
+                    container_id=info.container_id,
+                    container_runtime=info.runtime,
+                    pod_uid=info.pod_uid,
+                )
+        return dataclasses.replace(ev, seq=seq, cgroup_id=cgroup_id)
+
+    # ---- sampling and status ---------------------------------------------------
+
+    def _sample_loop(self) -> None:
+        while not self._stop.wait(self._sample_interval_s):
+            try:
+                self.sampler.sweep()
+            except Exception:
+                log.exception("sampler sweep failed")
+            self.table.prune(self._clock())
+            self._loss_marks.append((self._clock(), self.source.stats().lost_total))
+
+    def status(self) -> AgentStatus:
+        now = self._clock()
+        source_stats = self.source.stats()
+        reasons: list[str] = []
+        if self.fallback_reason:
+            reasons.append(f"kernel capture unavailable: {self.fallback_reason}")
+        recent = [lost for ts, lost in self._loss_marks if now - ts <= _LOSS_WINDOW_NS]
+        if recent and source_stats.lost_total > min(recent):
+            reasons.append(f"{source_stats.lost_total - min(recent)} events lost in the last 60 s")
+        return AgentStatus(
+            source=self.source.kind,
+            degraded_reasons=tuple(reasons),
+            uptime_s=(now - (self._started_ns or now)) / 1e9,
+            events_by_kind=dict(self._by_kind),
+            source_stats=source_stats,
+            sink_dropped={s.sink.name: s.dropped for s in self.sinks},
+            sink_failures={s.sink.name: s.failures for s in self.sinks},
+            table=self.table.stats(),
+            sampler=self.sampler.last,
+            bootstrap_processes=self._bootstrap_count,
+            cgroups=self._resolver.stats(),
+        )

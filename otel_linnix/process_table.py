@@ -1,0 +1,447 @@
+"""The live process tree, keyed by (pid, start time).
+
+Accepts events in any order (exit before exec, child before parent, a
+/proc bootstrap racing kernel records), survives PID reuse, keeps exited
+processes for a grace period so /graph can still show them, and is bounded:
+when full it evicts exited entries first, then the oldest live ones, and
+counts both. No I/O, no threads; a lock makes it safe to query from the API
+while the drain loop writes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from otel_linnix.events import EventKind, ProcessEvent, ProcessKey, ProcessSource
+
+__all__ = ["ProcessInfo", "ProcessSample", "ProcessTable", "TableStats"]
+
+# /graph walks at most this far up; a deeper chain means a cycle in bad input.
+_MAX_DEPTH = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSample:
+    """One sampler reading of a live process."""
+
+    ts_ns: int
+    cpu_time_ns: int | None
+    cpu_percent: float | None  # of one core, over the last interval
+    rss_bytes: int | None
+    fd_count: int | None
+    fd_limit: int | None
+    threads: int | None
+    state: str | None  # the /proc state letter: R, S, D, Z, T...
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """A read-only snapshot of one table entry."""
+
+    key: ProcessKey
+    ppid: int
+    parent_key: ProcessKey | None
+    start_time_ns: int
+    comm: str
+    exe: str | None
+    argv: tuple[str, ...] | None
+    argv_truncated: bool
+    uid: int
+    gid: int
+    cgroup_id: int
+    container_id: str | None
+    container_runtime: str | None
+    pod_uid: str | None
+    kernel_thread: bool
+    bootstrap: bool
+    source: ProcessSource
+    exec_count: int
+    exited: bool
+    exit_ts_ns: int | None
+    exit_code: int | None
+    exit_signal: int | None
+    core_dumped: bool
+    exit_inferred: bool  # the exit was not observed: deduced from PID reuse
+    cpu_time_ns: int | None  # at exit
+    peak_rss_bytes: int | None
+    oom_killed: bool
+    sample: ProcessSample | None
+
+    @property
+    def pid(self) -> int:
+        return self.key.pid
+
+
+@dataclass(frozen=True, slots=True)
+class TableStats:
+    live: int
+    exited: int
+    evicted_exited: int
+    evicted_live: int
+    exits_inferred: int
+
+
+class _Entry:
+    """Mutable table row; never leaves this module (ProcessInfo does)."""
+
+    __slots__ = (
+        "argv",
+        "argv_truncated",
+        "bootstrap",
+        "cgroup_id",
+        "comm",
+        "container_id",
+        "container_runtime",
+        "core_dumped",
+        "cpu_time_ns",
+        "exe",
+        "exec_count",
+        "exec_ts_ns",
+        "exit_code",
+        "exit_inferred",
+        "exit_signal",
+        "exit_ts_ns",
+        "exited",
+        "gid",
+        "kernel_thread",
+        "key",
+        "oom_killed",
+        "parent_key",
+        "peak_rss_bytes",
+        "pod_uid",
+        "ppid",
+        "sample",
+        "source",
+        "start_time_ns",
+        "uid",
+    )
+
+    def __init__(self, ev: ProcessEvent, parent_key: ProcessKey | None) -> None:
+        self.key = ev.key
+        self.ppid = ev.ppid
+        self.parent_key = parent_key
+        self.start_time_ns = ev.start_time_ns
+        self.comm = ev.comm
+        self.exe: str | None = None
+        self.argv: tuple[str, ...] | None = None
+        self.argv_truncated = False
+        self.exec_ts_ns = -1
+        self.exec_count = 0
+        self.uid = ev.uid
+        self.gid = ev.gid
+        self.cgroup_id = ev.cgroup_id
+        self.container_id = ev.container_id
+        self.container_runtime = ev.container_runtime
+        self.pod_uid = ev.pod_uid
+        self.kernel_thread = ev.kernel_thread
+        self.bootstrap = ev.bootstrap
+        self.source = ev.source
+        self.exited = False
+        self.exit_ts_ns: int | None = None
+        self.exit_code: int | None = None
+        self.exit_signal: int | None = None
+        self.core_dumped = False
+        self.exit_inferred = False
+        self.cpu_time_ns: int | None = None
+        self.peak_rss_bytes: int | None = None
+        self.oom_killed = False
+        self.sample: ProcessSample | None = None
+
+    def info(self) -> ProcessInfo:
+        return ProcessInfo(
+            key=self.key,
+            ppid=self.ppid,
+            parent_key=self.parent_key,
+            start_time_ns=self.start_time_ns,
+            comm=self.comm,
+            exe=self.exe,
+            argv=self.argv,
+            argv_truncated=self.argv_truncated,
+            uid=self.uid,
+            gid=self.gid,
+            cgroup_id=self.cgroup_id,
+            container_id=self.container_id,
+            container_runtime=self.container_runtime,
+            pod_uid=self.pod_uid,
+            kernel_thread=self.kernel_thread,
+            bootstrap=self.bootstrap,
+            source=self.source,
+            exec_count=self.exec_count,
+            exited=self.exited,
+            exit_ts_ns=self.exit_ts_ns,
+            exit_code=self.exit_code,
+            exit_signal=self.exit_signal,
+            core_dumped=self.core_dumped,
+            exit_inferred=self.exit_inferred,
+            cpu_time_ns=self.cpu_time_ns,
+            peak_rss_bytes=self.peak_rss_bytes,
+            oom_killed=self.oom_killed,
+            sample=self.sample,
+        )
+
+
+class ProcessTable:
+    """Processes by key, with parent/child links and bounded retention."""
+
+    def __init__(self, max_entries: int = 100_000, exited_retention_ns: int = 60_000_000_000):
+        self._max = max_entries
+        self._retention_ns = exited_retention_ns
+        self._entries: dict[ProcessKey, _Entry] = {}
+        self._live_by_pid: dict[int, ProcessKey] = {}
+        # Indexed by the parent's key whether or not the parent is (yet) in the
+        # table, so a child seen before its parent is linked when it arrives.
+        self._children: dict[ProcessKey, set[ProcessKey]] = {}
+        self._exited: OrderedDict[ProcessKey, int] = OrderedDict()
+        self._lock = threading.RLock()
+        self._evicted_exited = 0
+        self._evicted_live = 0
+        self._exits_inferred = 0
+
+    # ---- writes -----------------------------------------------------------
+
+    def apply(self, ev: ProcessEvent) -> None:
+        with self._lock:
+            self._apply(ev)
+
+    def apply_batch(self, events: Iterable[ProcessEvent]) -> None:
+        with self._lock:
+            for ev in events:
+                self._apply(ev)
+
+    def _apply(self, ev: ProcessEvent) -> None:
+        entry = self._entry_for(ev)
+        if ev.kind is EventKind.EXEC:
+            # Older data never overwrites newer: a /proc bootstrap read after
+            # an exec already holds that exec's argv.
+            if ev.ts_ns >= entry.exec_ts_ns:
+                entry.exec_ts_ns = ev.ts_ns
+                entry.comm = ev.comm
+                entry.exe = ev.exe if ev.exe is not None else entry.exe
+                entry.argv = ev.argv if ev.argv is not None else entry.argv
+                entry.argv_truncated = ev.argv_truncated
+                entry.uid, entry.gid = ev.uid, ev.gid
+                self._set_cgroup(entry, ev)
+            if not ev.bootstrap:
+                entry.exec_count += 1
+        elif ev.kind is EventKind.EXIT:
+            self._mark_exited(entry, ev.ts_ns, inferred=False)
+            entry.exit_code = ev.exit_code
+            entry.exit_signal = ev.exit_signal
+            entry.core_dumped = ev.core_dumped
+            entry.cpu_time_ns = ev.cpu_time_ns
+            entry.peak_rss_bytes = ev.peak_rss_bytes
+            if entry.exe is None and entry.exec_count == 0:
+                entry.comm = ev.comm
+        elif ev.kind is EventKind.OOM_KILL:
+            entry.oom_killed = True
+        elif ev.kind is EventKind.FORK:
+            self._set_cgroup(entry, ev)
+
+    def _set_cgroup(self, entry: _Entry, ev: ProcessEvent) -> None:
+        if ev.cgroup_id:
+            entry.cgroup_id = ev.cgroup_id
+            entry.container_id = ev.container_id
+            entry.container_runtime = ev.container_runtime
+            entry.pod_uid = ev.pod_uid
+
+    def _entry_for(self, ev: ProcessEvent) -> _Entry:
+        key = ev.key
+        entry = self._entries.get(key)
+        if entry is not None:
+            if entry.parent_key is None and ev.parent_key is not None:
+                self._link(entry, ev.parent_key)
+            return entry
+        parent_key = ev.parent_key
+        if parent_key is None and ev.ppid > 0:
+            parent_key = self._live_by_pid.get(ev.ppid)
+        entry = _Entry(ev, None)
+        self._entries[key] = entry
+        if parent_key is not None:
+            self._link(entry, parent_key)
+        if ev.kind is not EventKind.EXIT:
+            self._claim_pid(entry, ev.ts_ns)
+        self._enforce_bound()
+        return entry
+
+    def _link(self, entry: _Entry, parent_key: ProcessKey) -> None:
+        entry.parent_key = parent_key
+        entry.ppid = parent_key.pid
+        self._children.setdefault(parent_key, set()).add(entry.key)
+
+    def _claim_pid(self, entry: _Entry, ts_ns: int) -> None:
+        """Make ``entry`` the live holder of its pid, retiring a stale holder.
+
+        One pid names at most one live process. If another key holds it, the
+        older of the two has exited without us seeing the exit (a lost exit,
+        or a record still on its way): mark it exited, inferred.
+        """
+        pid = entry.key.pid
+        holder_key = self._live_by_pid.get(pid)
+        if holder_key is None or holder_key == entry.key:
+            self._live_by_pid[pid] = entry.key
+            return
+        holder = self._entries[holder_key]
+        if holder.start_time_ns <= entry.start_time_ns:
+            self._mark_exited(holder, ts_ns, inferred=True)
+            self._live_by_pid[pid] = entry.key
+        else:
+            self._mark_exited(entry, ts_ns, inferred=True)
+
+    def _mark_exited(self, entry: _Entry, ts_ns: int, *, inferred: bool) -> None:
+        if entry.exited:
+            if entry.exit_inferred and not inferred:
+                entry.exit_inferred = False  # the real exit arrived late
+                entry.exit_ts_ns = ts_ns
+            return
+        entry.exited = True
+        entry.exit_ts_ns = ts_ns
+        entry.exit_inferred = inferred
+        if inferred:
+            self._exits_inferred += 1
+        if self._live_by_pid.get(entry.key.pid) == entry.key:
+            del self._live_by_pid[entry.key.pid]
+        self._exited[entry.key] = ts_ns
+
+    def _remove(self, key: ProcessKey) -> None:
+        entry = self._entries.pop(key)
+        if entry.parent_key is not None:
+            siblings = self._children.get(entry.parent_key)
+            if siblings is not None:
+                siblings.discard(key)
+                if not siblings and entry.parent_key not in self._entries:
+                    del self._children[entry.parent_key]
+        if not self._children.get(key):
+            self._children.pop(key, None)
+        if self._live_by_pid.get(key.pid) == key:
+            del self._live_by_pid[key.pid]
+        self._exited.pop(key, None)
+
+    def _enforce_bound(self) -> None:
+        while len(self._entries) > self._max:
+            if self._exited:
+                self._remove(next(iter(self._exited)))
+                self._evicted_exited += 1
+            else:
+                self._remove(next(iter(self._entries)))
+                self._evicted_live += 1
+
+    def prune(self, now_ns: int) -> int:
+        """Drop exited entries older than the retention; returns how many."""
+        removed = 0
+        with self._lock:
+            cutoff = now_ns - self._retention_ns
+            while self._exited:
+                key, exit_ts = next(iter(self._exited.items()))
+                if exit_ts > cutoff:
+                    break
+                self._remove(key)
+                removed += 1
+        return removed
+
+    def update_samples(self, samples: Mapping[ProcessKey, ProcessSample]) -> None:
+        with self._lock:
+            for key, sample in samples.items():
+                entry = self._entries.get(key)
+                if entry is not None and not entry.exited:
+                    entry.sample = sample
+
+    # ---- reads ------------------------------------------------------------
+
+    def get(self, key: ProcessKey) -> ProcessInfo | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry.info() if entry else None
+
+    def find_pid(self, pid: int) -> ProcessInfo | None:
+        """The live process with ``pid``, else the most recently exited one."""
+        with self._lock:
+            key = self._live_by_pid.get(pid)
+            if key is not None:
+                return self._entries[key].info()
+            candidates = [e for k, e in self._entries.items() if k.pid == pid]
+            if not candidates:
+                return None
+            return max(candidates, key=lambda e: e.start_time_ns).info()
+
+    def all_for_pid(self, pid: int) -> list[ProcessInfo]:
+        """Every retained process that had ``pid``, oldest first."""
+        with self._lock:
+            found = [e.info() for k, e in self._entries.items() if k.pid == pid]
+        return sorted(found, key=lambda p: p.start_time_ns)
+
+    def live_keys(self) -> dict[int, ProcessKey]:
+        """pid -> key of every live process (a copy)."""
+        with self._lock:
+            return dict(self._live_by_pid)
+
+    def snapshot(self, *, include_exited: bool = False) -> list[ProcessInfo]:
+        with self._lock:
+            return [e.info() for e in self._entries.values() if include_exited or not e.exited]
+
+    def children(self, key: ProcessKey) -> list[ProcessInfo]:
+        with self._lock:
+            return [
+                self._entries[k].info() for k in self._children.get(key, ()) if k in self._entries
+            ]
+
+    def ancestors(self, key: ProcessKey) -> list[ProcessInfo]:
+        """Parent first, up to the oldest ancestor still in the table."""
+        out: list[ProcessInfo] = []
+        with self._lock:
+            entry = self._entries.get(key)
+            seen = {key}
+            while entry is not None and entry.parent_key is not None and len(out) < _MAX_DEPTH:
+                if entry.parent_key in seen:
+                    break
+                seen.add(entry.parent_key)
+                entry = self._entries.get(entry.parent_key)
+                if entry is not None:
+                    out.append(entry.info())
+        return out
+
+    def siblings(self, key: ProcessKey) -> list[ProcessInfo]:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.parent_key is None:
+                return []
+            return [
+                self._entries[k].info()
+                for k in self._children.get(entry.parent_key, ())
+                if k != key and k in self._entries
+            ]
+
+    def descendants(self, key: ProcessKey, limit: int = 100_000) -> list[tuple[ProcessInfo, int]]:
+        """Breadth-first (process, depth) pairs below ``key``; depth 1 = children."""
+        out: list[tuple[ProcessInfo, int]] = []
+        with self._lock:
+            frontier = [key]
+            seen = {key}
+            depth = 0
+            while frontier and len(out) < limit:
+                depth += 1
+                nxt: list[ProcessKey] = []
+                for parent in frontier:
+                    for child in self._children.get(parent, ()):
+                        if child in seen or child not in self._entries:
+                            continue
+                        seen.add(child)
+                        out.append((self._entries[child].info(), depth))
+                        nxt.append(child)
+                frontier = nxt
+        return out[:limit]
+
+    def stats(self) -> TableStats:
+        with self._lock:
+            return TableStats(
+                live=len(self._live_by_pid),
+                exited=len(self._exited),
+                evicted_exited=self._evicted_exited,
+                evicted_live=self._evicted_live,
+                exits_inferred=self._exits_inferred,
+            )
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,163 @@
+"""The recorded-event format: JSON Lines, one ProcessEvent per line.
+
+The same JSON object is the ``data:`` of a /stream event, so a recording
+can be made by ``otel-linnix record`` or by saving the stream. Every line
+carries ``"v": 1``; readers reject other versions with a clear error.
+Every field is always present (null where it does not apply), so consumers
+see one stable shape. Documented in docs/events.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from otel_linnix.errors import DataError
+from otel_linnix.events import EventKind, ProcessEvent, ProcessSource
+
+__all__ = ["FORMAT_VERSION", "event_from_dict", "event_to_dict", "iso_time", "read_events"]
+
+FORMAT_VERSION = 1
+
+_INT_FIELDS = ("ts_ns", "pid", "ppid", "start_time_ns", "uid", "gid", "cgroup_id")
+_OPT_INT_FIELDS = (
+    "parent_start_time_ns",
+    "exit_code",
+    "exit_signal",
+    "cpu_time_ns",
+    "peak_rss_bytes",
+    "rss_bytes",
+)
+_BOOL_FIELDS = ("argv_truncated", "core_dumped", "bootstrap", "kernel_thread")
+_OPT_STR_FIELDS = ("exe", "container_id", "container_runtime", "pod_uid")
+
+
+def iso_time(wall_ns: int) -> str:
+    """RFC 3339 UTC with nanoseconds, as OTLP backends and jq users expect."""
+    secs, ns = divmod(wall_ns, 1_000_000_000)
+    return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"
+
+
+def event_to_dict(ev: ProcessEvent, wall_ns: int | None = None) -> dict[str, Any]:
+    """The JSON object for one event. ``wall_ns`` adds a readable ``time``."""
+    return {
+        "v": FORMAT_VERSION,
+        "seq": ev.seq,
+        "kind": ev.kind.value,
+        "ts_ns": ev.ts_ns,
+        "time": iso_time(wall_ns) if wall_ns is not None else None,
+        "pid": ev.pid,
+        "ppid": ev.ppid,
+        "start_time_ns": ev.start_time_ns,
+        "parent_start_time_ns": ev.parent_start_time_ns,
+        "uid": ev.uid,
+        "gid": ev.gid,
+        "comm": ev.comm,
+        "exe": ev.exe,
+        "argv": list(ev.argv) if ev.argv is not None else None,
+        "argv_truncated": ev.argv_truncated,
+        "cgroup_id": ev.cgroup_id,
+        "container_id": ev.container_id,
+        "container_runtime": ev.container_runtime,
+        "pod_uid": ev.pod_uid,
+        "exit_code": ev.exit_code,
+        "exit_signal": ev.exit_signal,
+        "core_dumped": ev.core_dumped,
+        "cpu_time_ns": ev.cpu_time_ns,
+        "peak_rss_bytes": ev.peak_rss_bytes,
+        "rss_bytes": ev.rss_bytes,
+        "bootstrap": ev.bootstrap,
+        "kernel_thread": ev.kernel_thread,
+        "source": ev.source.value,
+    }
+
+
+def _field(
+    obj: dict[str, Any], name: str, check: Callable[[Any], bool], expected: str, *, required: bool
+) -> Any:
+    if name not in obj or obj[name] is None:
+        if required:
+            raise DataError(f"field {name!r}: missing (expected {expected})")
+        return None
+    value = obj[name]
+    if not check(value):
+        raise DataError(f"field {name!r}: expected {expected}, got {value!r}")
+    return value
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def event_from_dict(obj: Any) -> ProcessEvent:
+    """Validate one decoded JSON object; raises DataError naming the field."""
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}")
+    version = obj.get("v")
+    if version != FORMAT_VERSION:
+        raise DataError(
+            f"field 'v': unsupported format version {version!r} "
+            f"(this agent reads version {FORMAT_VERSION})"
+        )
+    kind_raw = _field(obj, "kind", lambda v: isinstance(v, str), "a string", required=True)
+    try:
+        kind = EventKind(kind_raw)
+    except ValueError:
+        known = ", ".join(k.value for k in EventKind)
+        raise DataError(f"field 'kind': unknown kind {kind_raw!r} (known: {known})") from None
+    source_raw = obj.get("source", "replay")
+    try:
+        source = ProcessSource(source_raw)
+    except ValueError:
+        raise DataError(f"field 'source': unknown source {source_raw!r}") from None
+    values: dict[str, Any] = {"kind": kind, "source": source}
+    for name in _INT_FIELDS:
+        values[name] = _field(
+            obj, name, _is_int, "an integer", required=name in ("ts_ns", "pid", "start_time_ns")
+        )
+        if values[name] is None:
+            values[name] = 0
+    for name in _OPT_INT_FIELDS:
+        values[name] = _field(obj, name, _is_int, "an integer or null", required=False)
+    for name in _BOOL_FIELDS:
+        values[name] = bool(
+            _field(obj, name, lambda v: isinstance(v, bool), "true or false", required=False)
+        )
+    for name in _OPT_STR_FIELDS:
+        values[name] = _field(
+            obj, name, lambda v: isinstance(v, str), "a string or null", required=False
+        )
+    values["comm"] = (
+        _field(obj, "comm", lambda v: isinstance(v, str), "a string", required=False) or ""
+    )
+    argv = _field(
+        obj,
+        "argv",
+        lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v),
+        "a list of strings or null",
+        required=False,
+    )
+    values["argv"] = tuple(argv) if argv is not None else None
+    seq = obj.get("seq", 0)
+    values["seq"] = seq if _is_int(seq) else 0
+    return ProcessEvent(**values)
+
+
+def read_events(stream: IO[str], on_error: Callable[[int, str], None]) -> Iterator[ProcessEvent]:
+    """Events from a JSONL stream; bad lines go to ``on_error(line_no, reason)``.
+
+    Blank lines are skipped. A bad line never stops the read: the caller
+    decides what the count of errors means.
+    """
+    for line_no, line in enumerate(stream, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            yield event_from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            on_error(line_no, f"invalid JSON: {exc.msg} at column {exc.colno}")
+        except DataError as exc:
+            on_error(line_no, str(exc))

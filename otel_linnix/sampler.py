@@ -1,0 +1,122 @@
+"""Per-process resource sampling: CPU %, RSS, open fds and their limit, threads, state.
+
+CPU time comes from the in-kernel accounting (one batched map read for all
+processes) when the kernel source runs, else from /proc/<pid>/stat. Per
+process a sweep reads /proc/<pid>/stat once and lists /proc/<pid>/fd; the fd
+soft limit changes rarely (prlimit), so it is re-read every
+``fd_limit_refresh_sweeps`` sweeps. A sweep covers at most
+``max_processes`` processes, continuing round-robin on the next sweep, so
+its cost is bounded whatever the host runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from otel_linnix.events import ProcessKey
+from otel_linnix.process_table import ProcessSample, ProcessTable
+from otel_linnix.sources.procfs import ProcReader
+
+__all__ = ["Sampler", "SweepStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class SweepStats:
+    """What the last sweep did and cost (exported as self-metrics)."""
+
+    sampled: int
+    vanished: int
+    duration_s: float
+    cpu_s: float
+    sweeps: int
+
+
+class Sampler:
+    """Reads resource figures of live processes into the table."""
+
+    def __init__(
+        self,
+        reader: ProcReader,
+        table: ProcessTable,
+        cpu_times: Callable[[], Mapping[int, int] | None],
+        clock: Callable[[], int],
+        *,
+        max_processes: int = 20_000,
+        fd_limit_refresh_sweeps: int = 30,
+    ) -> None:
+        self._reader = reader
+        self._table = table
+        self._cpu_times = cpu_times
+        self._clock = clock
+        self._max = max_processes
+        self._refresh = fd_limit_refresh_sweeps
+        self._prev_cpu: dict[ProcessKey, tuple[int, int]] = {}
+        self._fd_limits: dict[ProcessKey, tuple[int, int | None]] = {}
+        self._cursor = 0
+        self._sweeps = 0
+        self.last = SweepStats(0, 0, 0.0, 0.0, 0)
+
+    def sweep(self) -> SweepStats:
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        live_now = self._table.live_keys()
+        live = sorted(live_now.items())
+        kernel_cpu = self._cpu_times()
+        if len(live) > self._max:
+            start = self._cursor % len(live)
+            live = (live[start:] + live[:start])[: self._max]
+            self._cursor = start + self._max
+        samples: dict[ProcessKey, ProcessSample] = {}
+        vanished = 0
+        for pid, key in live:
+            stat = self._reader.stat(pid)
+            if stat is None or ProcessKey.of(pid, stat.start_time_ns) != key:
+                vanished += 1  # exited (or pid reused) since the table saw it
+                continue
+            now = self._clock()
+            cpu_ns = stat.cpu_time_ns
+            if kernel_cpu is not None and pid in kernel_cpu:
+                cpu_ns = max(cpu_ns, kernel_cpu[pid])
+            samples[key] = ProcessSample(
+                ts_ns=now,
+                cpu_time_ns=cpu_ns,
+                cpu_percent=self._cpu_percent(key, now, cpu_ns),
+                rss_bytes=stat.rss_bytes,
+                fd_count=self._reader.fd_count(pid),
+                fd_limit=self._fd_limit(key, pid),
+                threads=stat.num_threads,
+                state=stat.state,
+            )
+        self._table.update_samples(samples)
+        self._forget_gone(set(live_now.values()))
+        self._sweeps += 1
+        self.last = SweepStats(
+            sampled=len(samples),
+            vanished=vanished,
+            duration_s=time.perf_counter() - started,
+            cpu_s=time.thread_time() - started_cpu,
+            sweeps=self._sweeps,
+        )
+        return self.last
+
+    def _cpu_percent(self, key: ProcessKey, now: int, cpu_ns: int) -> float | None:
+        prev = self._prev_cpu.get(key)
+        self._prev_cpu[key] = (now, cpu_ns)
+        if prev is None or now <= prev[0]:
+            return None
+        return max(0.0, (cpu_ns - prev[1]) * 100.0 / (now - prev[0]))
+
+    def _fd_limit(self, key: ProcessKey, pid: int) -> int | None:
+        cached = self._fd_limits.get(key)
+        if cached is not None and self._sweeps - cached[0] < self._refresh:
+            return cached[1]
+        limit = self._reader.fd_soft_limit(pid)
+        self._fd_limits[key] = (self._sweeps, limit)
+        return limit
+
+    def _forget_gone(self, live: set[ProcessKey]) -> None:
+        """Drop per-process state of processes no longer live (bounded memory)."""
+        for cache in (self._prev_cpu, self._fd_limits):
+            for key in [k for k in cache if k not in live]:
+                del cache[key]

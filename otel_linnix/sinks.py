@@ -1,0 +1,130 @@
+"""Consumers of events, each behind its own bounded queue and thread.
+
+The drain loop only appends to a deque and sets an event; a slow sink
+(a file on a stalled disk, a collector that is down) fills its own queue and
+then drops, counting every dropped event. It never slows the drain loop or
+another sink.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import IO, Protocol
+
+from otel_linnix.events import ProcessEvent
+from otel_linnix.recording import event_to_dict
+
+__all__ = ["JsonlWriter", "Sink", "SinkWorker"]
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Something that consumes events on its own worker thread."""
+
+    name: str
+
+    def emit(self, events: Sequence[ProcessEvent]) -> None: ...
+
+    def flush(self, timeout_s: float) -> None: ...
+
+    def shutdown(self, timeout_s: float) -> None: ...
+
+
+class SinkWorker:
+    """Runs one Sink off the hot path with a bounded queue."""
+
+    def __init__(self, sink: Sink, max_queue: int = 65_536, batch_max: int = 4096) -> None:
+        self.sink = sink
+        self._queue: collections.deque[ProcessEvent] = collections.deque()
+        self._max = max_queue
+        self._batch_max = batch_max
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+        self.delivered = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"linnix-sink-{self.sink.name}", daemon=True
+            )
+            self._thread.start()
+
+    def offer(self, events: Sequence[ProcessEvent]) -> None:
+        """Enqueue without blocking; what does not fit is dropped and counted."""
+        room = self._max - len(self._queue)
+        if room < len(events):
+            self.dropped += len(events) - max(room, 0)
+            events = events[: max(room, 0)]
+        if events:
+            self._queue.extend(events)
+            self._idle.clear()
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = [
+                    self._queue.popleft() for _ in range(min(self._batch_max, len(self._queue)))
+                ]
+                try:
+                    self.sink.emit(batch)
+                    self.delivered += len(batch)
+                except Exception:
+                    self.failures += 1
+                    log.exception("sink %s failed on %d events", self.sink.name, len(batch))
+            # Set, then re-check: an offer() racing with us clears it again.
+            self._idle.set()
+            if self._queue:
+                self._idle.clear()
+                self._wake.set()
+            elif self._stopping.is_set():
+                return
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until the queue is empty; False on timeout."""
+        return self._idle.wait(timeout_s)
+
+    def stop(self, timeout_s: float) -> None:
+        """Deliver what is queued (within the timeout), then shut the sink down."""
+        if self._thread is not None:
+            self._stopping.set()
+            self._wake.set()
+            self._thread.join(timeout_s)
+            self._thread = None
+        self.sink.flush(timeout_s)
+        self.sink.shutdown(timeout_s)
+
+
+class JsonlWriter:
+    """Writes the recorded-event format (docs/events.md) to a text stream."""
+
+    name = "jsonl"
+
+    def __init__(self, stream: IO[str], wall_ns: Callable[[int], int]) -> None:
+        self._stream = stream
+        self._wall_ns = wall_ns
+
+    def emit(self, events: Sequence[ProcessEvent]) -> None:
+        lines = [
+            json.dumps(event_to_dict(ev, self._wall_ns(ev.ts_ns)), separators=(",", ":"))
+            for ev in events
+        ]
+        self._stream.write("\n".join(lines) + "\n")
+
+    def flush(self, timeout_s: float) -> None:
+        self._stream.flush()
+
+    def shutdown(self, timeout_s: float) -> None:
+        self.flush(timeout_s)
