@@ -10,6 +10,7 @@ Linnix accepts but this agent has no use for are accepted with a warning
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -199,7 +200,9 @@ def _check_value(where: str, f: dataclasses.Field[Any], value: Any) -> tuple[Any
     if not ok:
         return value, f"{where}: expected {_type_name(tp)}, got {value!r}"
     lo, hi = meta.get("lo"), meta.get("hi")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    # TOML allows nan and inf, which compare false to any bound.
+    nonfinite = isinstance(value, float) and not math.isfinite(value)
+    if nonfinite or (lo is not None and value < lo) or (hi is not None and value > hi):
         return value, f"{where}: expected a value between {lo:g} and {hi:g}, got {value!r}"
     if meta.get("pow2") and value & (value - 1):
         return value, f"{where}: expected a power of two, got {value!r}"

@@ -179,7 +179,11 @@ class CgroupResolver:
     The tree is walked once at construction; a miss triggers a rescan at most
     once per ``rescan_min_interval_s`` (new containers appear as new
     directories, and a burst of events from one unknown cgroup must not walk
-    the tree per event). Both caches are LRU-bounded by ``max_entries``.
+    the tree per event). An id that a rescan made after its first miss did
+    not find (its directory is already gone) is not rescanned for again for
+    ``negative_ttl_s``, so a stream of events from a removed cgroup costs
+    nothing and cannot starve the rescan a new container needs. All caches
+    are LRU-bounded by ``max_entries``.
     Entries outlive their directories until evicted: an exit event may be read
     after the runtime removed the cgroup, and kernfs ids are not reused on
     64-bit kernels, so a stale entry is never a wrong one.
@@ -190,8 +194,9 @@ class CgroupResolver:
     def __init__(
         self,
         root: str | None = None,
-        rescan_min_interval_s: float = 1.0,
+        rescan_min_interval_s: float = 0.05,
         *,
+        negative_ttl_s: float = 60.0,
         max_entries: int = 65536,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -202,6 +207,9 @@ class CgroupResolver:
         self._clock = clock
         self._paths: OrderedDict[int, str] = OrderedDict()
         self._infos: OrderedDict[int, ContainerInfo | None] = OrderedDict()
+        self._negative_ttl = negative_ttl_s
+        # id -> when a rescan failed to find it
+        self._gone: OrderedDict[int, float] = OrderedDict()
         self._counts = dict.fromkeys(("lookups", "misses", "rescans", "unresolved", "evictions"), 0)
         self._scanned_at = clock()
         self._root_ino = ROOT_CGROUP_ID
@@ -262,14 +270,19 @@ class CgroupResolver:
             self._paths.move_to_end(cgroup_id)
             return path
         self._counts["misses"] += 1
-        if self._clock() - self._scanned_at >= self._interval:
+        now = self._clock()
+        gone_at = self._gone.get(cgroup_id)
+        known_gone = gone_at is not None and now - gone_at < self._negative_ttl
+        if not known_gone and now - self._scanned_at >= self._interval:
             self._counts["rescans"] += 1
             path = self._scan(want=cgroup_id)
             if path is not None:
                 # Re-inserted last: a tree larger than the cache may have
                 # pushed it out again during the walk.
                 self._counts["evictions"] += _put(self._paths, cgroup_id, path, self._limit)
+                self._gone.pop(cgroup_id, None)
                 return path
+            _put(self._gone, cgroup_id, now, self._limit)
         self._counts["unresolved"] += 1
         return None
 

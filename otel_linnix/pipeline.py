@@ -13,7 +13,6 @@ sampler runs on its own thread. Neither blocks on a sink.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import os
 import threading
@@ -151,8 +150,7 @@ class Pipeline:
                 cgroup_id = 0
             self._cgroup_ids[path] = cgroup_id
         info = parse_container(path)
-        return dataclasses.replace(
-            ev,
+        return ev._replace(
             cgroup_id=cgroup_id or 0,
             container_id=info.container_id if info else None,
             container_runtime=info.runtime if info else None,
@@ -168,32 +166,28 @@ class Pipeline:
         out: list[ProcessEvent] = []
         for ev in events:
             self._seq += 1
-            out.append(self._enrich(ev, self._seq))
+            stamped = self._enrich(ev, self._seq)
+            # Applied one by one: enriching a later event of the batch (an
+            # OOM kill) may need what an earlier one (its exec) told the table.
+            self.table.apply(stamped)
+            out.append(stamped)
             self._by_kind[ev.kind.value] += 1
-        self.table.apply_batch(out)
         for sink in self.sinks:
             sink.offer(out)
         self.table.prune(out[-1].ts_ns)
 
     def _enrich(self, ev: ProcessEvent, seq: int) -> ProcessEvent:
-        cgroup_id = ev.cgroup_id
-        if ev.kind is EventKind.OOM_KILL and not cgroup_id:
+        if ev.kind is EventKind.OOM_KILL and not ev.cgroup_id:
             # The OOM tracepoint runs in the allocating task: take the
             # victim's cgroup from what the table knows of it.
             known = self.table.get(ev.key)
-            cgroup_id = known.cgroup_id if known else 0
-        if ev.container_id is None and cgroup_id > 1:
-            info = self._resolver.container_of(cgroup_id)
+            if known is not None:
+                ev = ev._replace(cgroup_id=known.cgroup_id)
+        if ev.container_id is None and ev.cgroup_id > 1:
+            info = self._resolver.container_of(ev.cgroup_id)
             if info is not None:
-                return dataclasses.replace(
-                    ev,
-                    seq=seq,
-                    cgroup_id=cgroup_id,
-                    container_id=info.container_id,
-                    container_runtime=info.runtime,
-                    pod_uid=info.pod_uid,
-                )
-        return dataclasses.replace(ev, seq=seq, cgroup_id=cgroup_id)
+                return ev.stamp(seq, (info.container_id, info.runtime, info.pod_uid))
+        return ev.stamp(seq)
 
     # ---- sampling and status ---------------------------------------------------
 

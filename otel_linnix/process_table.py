@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from otel_linnix.events import EventKind, ProcessEvent, ProcessKey, ProcessSource
 
@@ -23,8 +24,7 @@ __all__ = ["ProcessInfo", "ProcessSample", "ProcessTable", "TableStats"]
 _MAX_DEPTH = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessSample:
+class ProcessSample(NamedTuple):
     """One sampler reading of a live process."""
 
     ts_ns: int
@@ -37,9 +37,12 @@ class ProcessSample:
     state: str | None  # the /proc state letter: R, S, D, Z, T...
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessInfo:
-    """A read-only snapshot of one table entry."""
+class ProcessInfo(NamedTuple):
+    """A read-only snapshot of one table entry.
+
+    A NamedTuple because /processes builds thousands per request: it costs
+    a tenth of a frozen dataclass of this width to construct.
+    """
 
     key: ProcessKey
     ppid: int
@@ -261,7 +264,9 @@ class ProcessTable:
         self._entries[key] = entry
         if parent_key is not None:
             self._link(entry, parent_key)
-        if ev.kind is not EventKind.EXIT:
+        if ev.kind is EventKind.EXIT:
+            self._retire_older_holder(entry, ev.ts_ns)
+        else:
             self._claim_pid(entry, ev.ts_ns)
         self._enforce_bound()
         return entry
@@ -271,22 +276,27 @@ class ProcessTable:
         entry.ppid = parent_key.pid
         self._children.setdefault(parent_key, set()).add(entry.key)
 
-    def _claim_pid(self, entry: _Entry, ts_ns: int) -> None:
-        """Make ``entry`` the live holder of its pid, retiring a stale holder.
+    def _retire_older_holder(self, entry: _Entry, ts_ns: int) -> bool:
+        """Retire the live holder of ``entry``'s pid if it started earlier.
 
-        One pid names at most one live process. If another key holds it, the
-        older of the two has exited without us seeing the exit (a lost exit,
-        or a record still on its way): mark it exited, inferred.
+        One pid names at most one live process. If an older process still
+        holds it, that one has exited without us seeing the exit (a lost exit,
+        or a record still on its way): mark it exited, inferred. Returns False
+        when the holder is the newer process (``entry`` is the stale one).
         """
-        pid = entry.key.pid
-        holder_key = self._live_by_pid.get(pid)
+        holder_key = self._live_by_pid.get(entry.key.pid)
         if holder_key is None or holder_key == entry.key:
-            self._live_by_pid[pid] = entry.key
-            return
+            return True
         holder = self._entries[holder_key]
         if holder.start_time_ns <= entry.start_time_ns:
             self._mark_exited(holder, ts_ns, inferred=True)
-            self._live_by_pid[pid] = entry.key
+            return True
+        return False
+
+    def _claim_pid(self, entry: _Entry, ts_ns: int) -> None:
+        """Make ``entry`` the live holder of its pid, or mark it stale."""
+        if self._retire_older_holder(entry, ts_ns):
+            self._live_by_pid[entry.key.pid] = entry.key
         else:
             self._mark_exited(entry, ts_ns, inferred=True)
 

@@ -45,8 +45,9 @@ class SinkWorker:
         self._batch_max = batch_max
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
+        # Events accepted and not yet handed to the sink: what drain() waits on.
+        self._pending = 0
+        self._pending_cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self.dropped = 0
         self.delivered = 0
@@ -66,8 +67,9 @@ class SinkWorker:
             self.dropped += len(events) - max(room, 0)
             events = events[: max(room, 0)]
         if events:
+            with self._pending_cond:
+                self._pending += len(events)
             self._queue.extend(events)
-            self._idle.clear()
             self._wake.set()
 
     def _run(self) -> None:
@@ -84,17 +86,17 @@ class SinkWorker:
                 except Exception:
                     self.failures += 1
                     log.exception("sink %s failed on %d events", self.sink.name, len(batch))
-            # Set, then re-check: an offer() racing with us clears it again.
-            self._idle.set()
-            if self._queue:
-                self._idle.clear()
-                self._wake.set()
-            elif self._stopping.is_set():
+                with self._pending_cond:
+                    self._pending -= len(batch)
+                    if not self._pending:
+                        self._pending_cond.notify_all()
+            if self._stopping.is_set() and not self._queue:
                 return
 
     def drain(self, timeout_s: float) -> bool:
-        """Wait until the queue is empty; False on timeout."""
-        return self._idle.wait(timeout_s)
+        """Wait until every accepted event went to the sink; False on timeout."""
+        with self._pending_cond:
+            return self._pending_cond.wait_for(lambda: not self._pending, timeout_s)
 
     def stop(self, timeout_s: float) -> None:
         """Deliver what is queued (within the timeout), then shut the sink down."""

@@ -63,6 +63,7 @@ _STAT_NAMES = (
     "forced_wakeups",
 )
 _PAGE = resource.getpagesize()
+_EBPF = ProcessSource.EBPF
 _CAP_PERFMON, _CAP_BPF, _CAP_SYS_ADMIN = 38, 39, 21
 
 
@@ -79,23 +80,16 @@ def _text(raw: bytes) -> str:
 
 
 def decode_record(raw: bytes, layout: RecordLayout) -> ProcessEvent | None:
-    """One kernel record -> ProcessEvent (None for an unknown kind)."""
+    """One kernel record -> ProcessEvent (None for an unknown kind).
+
+    Positional construction on purpose: this runs once per kernel record.
+    """
     (kind, pid, ppid, uid, gid, flags, ts_ns, start_ns, parent_start_ns, cgroup_id, comm_raw) = (
         HEADER.unpack_from(raw)
     )
-    common: dict[str, Any] = {
-        "ts_ns": ts_ns,
-        "pid": pid,
-        "ppid": ppid,
-        "start_time_ns": start_ns,
-        "comm": _text(comm_raw),
-        "uid": uid,
-        "gid": gid,
-        "parent_start_time_ns": parent_start_ns if ppid else None,
-        "cgroup_id": cgroup_id,
-        "source": ProcessSource.EBPF,
-        "kernel_thread": bool(flags & _F_KTHREAD),
-    }
+    comm = _text(comm_raw)
+    pstart = parent_start_ns if ppid else None
+    kthread = bool(flags & _F_KTHREAD)
     if kind == _EV_EXEC:
         fname_len, argv_len = _EXEC_TAIL.unpack_from(raw, HEADER.size)
         fstart = layout.exec_filename_off
@@ -107,29 +101,79 @@ def decode_record(raw: bytes, layout: RecordLayout) -> ProcessEvent | None:
             parts.pop()
         argv = tuple(p.decode("utf-8", "backslashreplace") for p in parts)
         return ProcessEvent(
-            kind=EventKind.EXEC,
-            exe=exe,
-            argv=argv,
-            argv_truncated=bool(flags & _F_ARGV_TRUNC),
-            **common,
+            EventKind.EXEC,
+            ts_ns,
+            pid,
+            ppid,
+            start_ns,
+            comm,
+            uid,
+            gid,
+            pstart,
+            cgroup_id,
+            _EBPF,
+            exe,
+            argv,
+            bool(flags & _F_ARGV_TRUNC),
+            kernel_thread=kthread,
         )
     if kind == _EV_EXIT:
         code, _pad, cpu_ns, peak_pages = _EXIT_TAIL.unpack_from(raw, HEADER.size)
         status, signal, core = decode_wait_status(code)
         return ProcessEvent(
-            kind=EventKind.EXIT,
-            exit_code=status,
-            exit_signal=signal,
-            core_dumped=core,
-            cpu_time_ns=cpu_ns,
-            peak_rss_bytes=peak_pages * _PAGE,
-            **common,
+            EventKind.EXIT,
+            ts_ns,
+            pid,
+            ppid,
+            start_ns,
+            comm,
+            uid,
+            gid,
+            pstart,
+            cgroup_id,
+            _EBPF,
+            None,
+            None,
+            False,
+            status,
+            signal,
+            core,
+            cpu_ns,
+            peak_pages * _PAGE,
+            kernel_thread=kthread,
         )
     if kind == _EV_FORK:
-        return ProcessEvent(kind=EventKind.FORK, **common)
+        return ProcessEvent(
+            EventKind.FORK,
+            ts_ns,
+            pid,
+            ppid,
+            start_ns,
+            comm,
+            uid,
+            gid,
+            pstart,
+            cgroup_id,
+            _EBPF,
+            kernel_thread=kthread,
+        )
     if kind == _EV_OOM:
         (rss_pages,) = _OOM_TAIL.unpack_from(raw, HEADER.size)
-        return ProcessEvent(kind=EventKind.OOM_KILL, rss_bytes=rss_pages * _PAGE, **common)
+        return ProcessEvent(
+            EventKind.OOM_KILL,
+            ts_ns,
+            pid,
+            ppid,
+            start_ns,
+            comm,
+            uid,
+            gid,
+            pstart,
+            cgroup_id,
+            _EBPF,
+            rss_bytes=rss_pages * _PAGE,
+            kernel_thread=kthread,
+        )
     return None
 
 

@@ -67,9 +67,18 @@ class ReplaySource:
     def start(self, sink: EventSink) -> None:
         if self._thread is None:
             self._thread = threading.Thread(
-                target=self.run, args=(sink,), name="linnix-replay", daemon=True
+                target=self._run_in_thread, args=(sink,), name="linnix-replay", daemon=True
             )
             self._thread.start()
+
+    def _run_in_thread(self, sink: EventSink) -> None:
+        try:
+            self.run(sink)
+        except OSError as exc:
+            # Reported like a bad line (line 0: the file itself), never a hang.
+            self._on_error(0, f"cannot read {self.path}: {exc.strerror}")
+        finally:
+            self.done.set()
 
     def stop(self, timeout_s: float) -> None:
         if self._thread is not None:

@@ -181,16 +181,14 @@ def test_rss_and_fds_sampled_exactly(agent: Agent, tmp_path: Path) -> None:
 
 
 def test_pid_reuse_gives_distinct_entries(agent: Agent) -> None:
-    first = subprocess.Popen(["sleep", "0"])
+    first_tag, second_tag = _unique_seconds(0), _unique_seconds(30)
+    first = subprocess.Popen(["sleep", first_tag])
     first.wait()
     pid = first.pid
-    agent.collector.wait_for(
-        lambda evs: any(e.pid == pid and e.kind is EventKind.EXIT for e in evs)
-    )
     second = None
-    for _ in range(50):  # another fork may take the pid first; retry
+    for _ in range(50):  # another fork on the host may take the pid first; retry
         Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
-        candidate = subprocess.Popen(["sleep", "1"])
+        candidate = subprocess.Popen(["sleep", second_tag])
         if candidate.pid == pid:
             second = candidate
             break
@@ -198,16 +196,28 @@ def test_pid_reuse_gives_distinct_entries(agent: Agent) -> None:
         candidate.wait()
     assert second is not None, "could not make the kernel reuse the pid"
     try:
-        agent.collector.wait_for(
-            lambda evs: sum(1 for e in evs if e.pid == pid and e.kind is EventKind.EXEC) >= 2
+        events = agent.collector.wait_for(
+            lambda evs: (
+                {first_tag, second_tag}
+                <= {
+                    e.argv[1]
+                    for e in evs
+                    if e.pid == pid and e.kind is EventKind.EXEC and e.argv and len(e.argv) == 2
+                }
+            )
         )
-        entries = agent.table.all_for_pid(pid)
-        assert len({e.key for e in entries}) >= 2
-        old, new = entries[-2], entries[-1]
+        keys = {
+            e.argv[1]: e.key
+            for e in events
+            if e.pid == pid and e.kind is EventKind.EXEC and e.argv and len(e.argv) == 2
+        }
+        old, new = agent.table.get(keys[first_tag]), agent.table.get(keys[second_tag])
+        assert old is not None and new is not None
         assert old.key != new.key and old.key.pid == new.key.pid == pid
+        assert old.key.start_time_ns < new.key.start_time_ns
         assert old.exited and old.exit_code == 0 and not old.exit_inferred
         assert not new.exited
-        assert agent.table.find_pid(pid) == agent.table.get(new.key)
+        assert agent.table.find_pid(pid) == new
     finally:
         second.kill()
         second.wait()
@@ -253,7 +263,8 @@ def test_exit_carries_cpu_time_and_peak_rss(agent: Agent) -> None:
 
 
 def test_full_ring_buffer_counts_every_loss_and_keeps_every_exit(
-        needs_ebpf: None, workloads: dict[str, Path], tag: str) -> None:
+    needs_ebpf: None, workloads: dict[str, Path], tag: str
+) -> None:
     # A ring far too small for the burst and a consumer that drains once a
     # second without early wakeups: records must be lost, all of them counted,
     # and no exit may be lost (exits wait in the overflow map).
@@ -261,10 +272,14 @@ def test_full_ring_buffer_counts_every_loss_and_keeps_every_exit(
     with Agent(tiny) as small:
         truth_out = subprocess.run(
             [str(workloads["spawner"]), "1500", "2", str(workloads["child"]), tag],
-            check=True, capture_output=True, text=True).stdout
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         pids = {int(line.split()[0]) for line in truth_out.splitlines()}
         small.collector.wait_for(
-            lambda evs: pids <= {e.pid for e in evs if e.kind is EventKind.EXIT}, timeout_s=30)
+            lambda evs: pids <= {e.pid for e in evs if e.kind is EventKind.EXIT}, timeout_s=30
+        )
         counters = small.source.kernel_counters()
         stats = small.source.stats()
         seen = small.collector.by_kind(pids)

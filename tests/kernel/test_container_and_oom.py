@@ -59,11 +59,11 @@ def test_process_in_docker_cgroup_carries_container_id(agent: Agent) -> None:
     with docker_scope() as (scope, container_id):
         # The shell moves itself into the cgroup, then execs: the exec record
         # is written from inside the container's cgroup.
-        proc = subprocess.Popen(
-            ["sh", "-c", f'echo $$ > {scope}/cgroup.procs && exec sleep 0.3'])
+        proc = subprocess.Popen(["sh", "-c", f"echo $$ > {scope}/cgroup.procs && exec sleep 0.3"])
         assert proc.wait(timeout=20) == 0
-        events = agent.collector.wait_for(lambda evs: any(
-            e.pid == proc.pid and e.kind is EventKind.EXIT for e in evs))
+        events = agent.collector.wait_for(
+            lambda evs: any(e.pid == proc.pid and e.kind is EventKind.EXIT for e in evs)
+        )
         mine = {e.kind: e for e in events if e.pid == proc.pid}
         exec_ev, exit_ev = mine[EventKind.EXEC], mine[EventKind.EXIT]
         assert exec_ev.cgroup_id == os.stat(scope).st_ino
@@ -89,16 +89,21 @@ def memory_cgroup() -> Iterator[Path]:
         _rmdir_retry(cg)
 
 
-def test_oom_kill_is_reported_with_the_victims_facts(agent: Agent,
-                                                     memory_cgroup: Path) -> None:
-    hog = ("import sys, time\nblocks = []\n"
-           "while True:\n    blocks.append(bytearray(8 << 20))\n")
+def test_oom_kill_is_reported_with_the_victims_facts(agent: Agent, memory_cgroup: Path) -> None:
+    hog = "import sys, time\nblocks = []\nwhile True:\n    blocks.append(bytearray(8 << 20))\n"
     proc = subprocess.Popen(
-        ["sh", "-c", f'echo $$ > {memory_cgroup}/cgroup.procs && exec "$0" -c "$1"',
-         sys.executable, hog])
+        [
+            "sh",
+            "-c",
+            f'echo $$ > {memory_cgroup}/cgroup.procs && exec "$0" -c "$1"',
+            sys.executable,
+            hog,
+        ]
+    )
     assert proc.wait(timeout=60) == -9
-    events = agent.collector.wait_for(lambda evs: any(
-        e.pid == proc.pid and e.kind is EventKind.EXIT for e in evs))
+    events = agent.collector.wait_for(
+        lambda evs: any(e.pid == proc.pid and e.kind is EventKind.EXIT for e in evs)
+    )
     mine = [e for e in events if e.pid == proc.pid]
     oom = [e for e in mine if e.kind is EventKind.OOM_KILL]
     assert len(oom) == 1

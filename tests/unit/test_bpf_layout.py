@@ -44,8 +44,18 @@ def test_decoder_matches_events_h(tmp_path: Path) -> None:
     src = tmp_path / "layout.c"
     src.write_text(PROGRAM)
     exe = tmp_path / "layout"
-    subprocess.run(["gcc", f"-DFNAME_MAX={FNAME_MAX}", f"-DARGV_MAX={ARGV_MAX}",
-                    f"-I{ROOT / 'bpf'}", "-o", str(exe), str(src)], check=True)
+    subprocess.run(
+        [
+            "gcc",
+            f"-DFNAME_MAX={FNAME_MAX}",
+            f"-DARGV_MAX={ARGV_MAX}",
+            f"-I{ROOT / 'bpf'}",
+            "-o",
+            str(exe),
+            str(src),
+        ],
+        check=True,
+    )
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
     got = {name: int(value) for name, value in (line.split() for line in out.splitlines())}
     layout = RecordLayout(FNAME_MAX)

@@ -72,18 +72,29 @@ def test_shipped_config_equals_the_embedded_defaults() -> None:
 ERROR_CASES = [
     ("[capture]\ndrian_interval_ms = 100\n", "[capture] drian_interval_ms", "unknown key"),
     ("[captrue]\nsource = 'auto'\n", "[captrue]", "unknown section"),
-    ("[capture]\ndrain_interval_ms = '100'\n", "[capture] drain_interval_ms",
-     "expected an integer"),
-    ("[capture]\ndrain_interval_ms = 100.0\n", "[capture] drain_interval_ms",
-     "expected an integer"),
+    (
+        "[capture]\ndrain_interval_ms = '100'\n",
+        "[capture] drain_interval_ms",
+        "expected an integer",
+    ),
+    (
+        "[capture]\ndrain_interval_ms = 100.0\n",
+        "[capture] drain_interval_ms",
+        "expected an integer",
+    ),
     ("[runtime]\noffline = 1\n", "[runtime] offline", "expected true or false"),
     ("[api]\nbind_address = 3000\n", "[api] bind_address", "expected a string"),
-    ("[capture]\ndrain_interval_ms = 5\n", "[capture] drain_interval_ms",
-     "between 10 and 1000"),
-    ("[process_table]\nexited_retention_s = -1.0\n", "[process_table] exited_retention_s",
-     "between 0 and 86400"),
-    ("[process_table]\nexited_retention_s = nan\n", "[process_table] exited_retention_s",
-     "between 0 and 86400"),
+    ("[capture]\ndrain_interval_ms = 5\n", "[capture] drain_interval_ms", "between 10 and 1000"),
+    (
+        "[process_table]\nexited_retention_s = -1.0\n",
+        "[process_table] exited_retention_s",
+        "between 0 and 86400",
+    ),
+    (
+        "[process_table]\nexited_retention_s = nan\n",
+        "[process_table] exited_retention_s",
+        "between 0 and 86400",
+    ),
     ("[capture]\nring_buffer_kib = 100\n", "[capture] ring_buffer_kib", "power of two"),
     ("[capture]\nsource = 'kprobe'\n", "[capture] source", "expected one of auto, ebpf, procfs"),
     ("api = 3\n", "[api]", "expected a table"),
@@ -93,9 +104,20 @@ ERROR_CASES = [
 @pytest.mark.parametrize(
     ("text", "key", "problem"),
     ERROR_CASES,
-    ids=["unknown-key", "unknown-section", "string-for-int", "float-for-int", "int-for-bool",
-         "int-for-string", "out-of-range", "below-zero", "nan", "not-power-of-two",
-         "bad-choice", "section-not-a-table"],
+    ids=[
+        "unknown-key",
+        "unknown-section",
+        "string-for-int",
+        "float-for-int",
+        "int-for-bool",
+        "int-for-string",
+        "out-of-range",
+        "below-zero",
+        "nan",
+        "not-power-of-two",
+        "bad-choice",
+        "section-not-a-table",
+    ],
 )
 def test_each_error_names_file_and_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
     path = write(tmp_path / "linnix.toml", text)
@@ -113,21 +135,28 @@ def test_invalid_toml_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_several_errors_are_all_reported_one_per_line(tmp_path: Path) -> None:
-    path = write(tmp_path / "linnix.toml", (
-        "[capture]\n"
-        "source = 'bogus'\n"
-        "ring_buffer_kib = 3000\n"
-        "[telemetry]\n"
-        "nonsense = true\n"
-        "[nowhere]\n"
-        "x = 1\n"
-    ))
+    path = write(
+        tmp_path / "linnix.toml",
+        (
+            "[capture]\n"
+            "source = 'bogus'\n"
+            "ring_buffer_kib = 3000\n"
+            "[telemetry]\n"
+            "nonsense = true\n"
+            "[nowhere]\n"
+            "x = 1\n"
+        ),
+    )
     lines = load_error(path).splitlines()
     assert len(lines) == 4
     assert all(line.startswith(f"{path}: ") for line in lines)
     named = " ".join(lines)
-    for key in ("[capture] source", "[capture] ring_buffer_kib", "[telemetry] nonsense",
-                "[nowhere]"):
+    for key in (
+        "[capture] source",
+        "[capture] ring_buffer_kib",
+        "[telemetry] nonsense",
+        "[nowhere]",
+    ):
         assert key in named
 
 
@@ -168,18 +197,21 @@ def test_default_rules_path_is_the_bundled_file() -> None:
 
 def test_linnix_keys_load_and_unused_ones_are_reported(tmp_path: Path) -> None:
     rules = write(tmp_path / "rules.yaml", "rules: []\n")
-    path = write(tmp_path / "linnix.toml", (
-        "[runtime]\n"
-        "offline = true\n"
-        "events_rate_cap = 5000\n"
-        "[api]\n"
-        "listen_addr = '0.0.0.0:3000'\n"
-        "[rules]\n"
-        "path = 'rules.yaml'\n"
-        "[circuit_breaker]\n"
-        "enabled = true\n"
-        "cpu_usage_threshold = 90.0\n"
-    ))
+    path = write(
+        tmp_path / "linnix.toml",
+        (
+            "[runtime]\n"
+            "offline = true\n"
+            "events_rate_cap = 5000\n"
+            "[api]\n"
+            "listen_addr = '0.0.0.0:3000'\n"
+            "[rules]\n"
+            "path = 'rules.yaml'\n"
+            "[circuit_breaker]\n"
+            "enabled = true\n"
+            "cpu_usage_threshold = 90.0\n"
+        ),
+    )
     cfg = load_config(path, environ={})
     assert cfg.runtime.offline is True
     assert cfg.api.bind_address == "0.0.0.0:3000"
@@ -188,12 +220,16 @@ def test_linnix_keys_load_and_unused_ones_are_reported(tmp_path: Path) -> None:
 
 
 def test_llm_environment_overrides_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path / "linnix.toml", (
-        "[llm]\nendpoint = 'http://file:1/v1'\nmodel = 'file-model'\napi_key = 'file-key'\n"
-    ))
+    path = write(
+        tmp_path / "linnix.toml",
+        ("[llm]\nendpoint = 'http://file:1/v1'\nmodel = 'file-model'\napi_key = 'file-key'\n"),
+    )
     from_file = load_config(path, environ={}).llm
     assert (from_file.endpoint, from_file.model, from_file.api_key) == (
-        "http://file:1/v1", "file-model", "file-key")
+        "http://file:1/v1",
+        "file-model",
+        "file-key",
+    )
     env = {
         config.ENV_LLM_ENDPOINT: "http://env:2/v1",
         config.ENV_LLM_MODEL: "env-model",

@@ -76,8 +76,9 @@ def test_describe_exit(fields: dict[str, Any], text: str) -> None:
 
 
 def test_oom_kill_line() -> None:
-    ev = make_event(EventKind.OOM_KILL, 42, 1, ts_ns=TS, ppid=1, comm="grep", uid=1000,
-                    rss_bytes=3 << 30)
+    ev = make_event(
+        EventKind.OOM_KILL, 42, 1, ts_ns=TS, ppid=1, comm="grep", uid=1000, rss_bytes=3 << 30
+    )
     assert event_line(ev) == (
         HEAD.format(kind="OOM_KILL") + ": killed by the OOM killer rss=3145728KiB"
     )
@@ -89,8 +90,9 @@ def test_fork_line_is_the_head() -> None:
 
 
 def test_container_is_shown_short() -> None:
-    line = event_line(exit_event(exit_code=0, container_id="0123456789abcdef" * 4,
-                                 container_runtime="docker"))
+    line = event_line(
+        exit_event(exit_code=0, container_id="0123456789abcdef" * 4, container_runtime="docker")
+    )
     assert " grep [docker:0123456789ab]: status 0" in line
 
 

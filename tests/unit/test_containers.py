@@ -199,15 +199,35 @@ def test_rescans_are_rate_limited(fake_mount: Path) -> None:
         assert r.path_of(unknown) is None
     assert r.stats()["rescans"] == 1
 
+    other = unknown + 1  # a different id: the first one is known to be gone
     clock.now += 4.9
-    assert r.path_of(unknown) is None
+    assert r.path_of(other) is None
     assert r.stats()["rescans"] == 1
     clock.now += 0.1
-    assert r.path_of(unknown) is None
+    assert r.path_of(other) is None
     stats = r.stats()
     assert stats["rescans"] == 2
     assert stats["misses"] == 202
     assert stats["unresolved"] == 202
+
+
+def test_an_id_a_rescan_did_not_find_is_not_rescanned_for_until_the_ttl(fake_mount: Path) -> None:
+    clock = FakeClock()
+    r = CgroupResolver(str(fake_mount), rescan_min_interval_s=0.0, negative_ttl_s=30.0, clock=clock)
+    gone = 10**12
+    assert r.path_of(gone) is None
+    assert r.stats()["rescans"] == 1
+    for _ in range(50):
+        clock.now += 0.5
+        assert r.path_of(gone) is None
+    assert r.stats()["rescans"] == 1  # events of a removed cgroup cost no walks
+    # ...and do not starve the rescan a new container needs.
+    rel = f"/system.slice/docker-{DOCKER_ID}.scope"
+    assert r.path_of(mkcg(fake_mount, rel)) == rel
+    assert r.stats()["rescans"] == 2
+    clock.now += 30.0
+    assert r.path_of(gone) is None
+    assert r.stats()["rescans"] == 3
 
 
 def test_entries_outlive_their_directory(fake_mount: Path) -> None:

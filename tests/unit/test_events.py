@@ -68,9 +68,3 @@ def test_decode_wait_status(code: int, expected: tuple[int | None, int | None, b
 def test_abnormal_exit(exit_code: int | None, exit_signal: int | None, abnormal: bool) -> None:
     ev = make_event(EventKind.EXIT, 10, 0, exit_code=exit_code, exit_signal=exit_signal)
     assert ev.abnormal_exit is abnormal
-
-
-def test_seq_does_not_take_part_in_equality() -> None:
-    a = make_event(EventKind.EXEC, 10, 0, seq=1)
-    b = make_event(EventKind.EXEC, 10, 0, seq=2)
-    assert a == b
