@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
@@ -45,8 +44,7 @@ class ProcessSource(enum.Enum):
     REPLAY = "replay"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ProcessKey:
+class ProcessKey(NamedTuple):
     """A process identity that survives PID reuse: (pid, start time).
 
     ``start_time_ns`` is truncated to the /proc tick so that the same process
@@ -60,7 +58,8 @@ class ProcessKey:
 
     @classmethod
     def of(cls, pid: int, start_time_ns: int) -> ProcessKey:
-        return cls(pid, start_time_ns - start_time_ns % NS_PER_TICK)
+        # tuple.__new__ directly: keys are built several times per event.
+        return tuple.__new__(cls, (pid, start_time_ns - start_time_ns % NS_PER_TICK))
 
     def __str__(self) -> str:
         return f"{self.pid}@{self.start_time_ns}"
