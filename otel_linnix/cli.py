@@ -133,7 +133,10 @@ class _BootstrapFilter:
 def cmd_record(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     out: TextIO
-    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.out}: {exc.strerror}") from None
     try:
         writer = JsonlWriter(out, wall_from_boot)
         sink = SinkWorker(_BootstrapFilter(writer) if args.no_bootstrap else writer)

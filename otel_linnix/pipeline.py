@@ -122,7 +122,7 @@ class Pipeline:
         """Stop the source, the sampler and the sinks, within about ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         self._stop.set()
-        self.source.stop(max(0.1, timeout_s / 2))
+        self.source.stop(max(0.1, deadline - time.monotonic() - 0.2))
         if self._sampler_thread is not None:
             self._sampler_thread.join(max(0.0, deadline - time.monotonic()))
             self._sampler_thread = None

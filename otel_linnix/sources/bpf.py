@@ -241,6 +241,8 @@ class BpfSource:
         self._events = 0
         self._drains = 0
         self._decode_errors = 0
+        self._sink_errors = 0
+        self._final_counters: dict[str, int] = {}
 
     def program(self) -> BpfProgram:
         """The program this source would load (BTF offsets resolved)."""
@@ -284,8 +286,17 @@ class BpfSource:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                # Freeing the BPF object under a running poll would crash the
+                # process; the daemon thread ends with it instead.
+                log.warning(
+                    "drain thread still busy after %.1f s; leaving the program attached until exit",
+                    timeout_s,
+                )
+                return
             self._thread = None
         if self._bpf is not None:
+            self._final_counters = self.kernel_counters()  # still reported after stop
             self._bpf.cleanup()
             self._bpf = None
 
@@ -321,30 +332,40 @@ class BpfSource:
             bpf.ring_buffer_consume()
             self._drain_overflow()
             self._drains += 1
-            if self._batch:
-                batch, self._batch = self._batch, []
-                self._events += len(batch)
-                sink.handle_batch(batch)
+            self._deliver(sink)
         # Deliver what is still in the ring so a clean stop loses nothing.
         bpf.ring_buffer_consume()
         self._drain_overflow()
-        if self._batch:
-            batch, self._batch = self._batch, []
-            self._events += len(batch)
+        self._deliver(sink)
+
+    def _deliver(self, sink: EventSink) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        self._events += len(batch)
+        try:
             sink.handle_batch(batch)
+        except Exception:
+            # A bug downstream must not stop capture: log it, count the
+            # batch as lost, keep draining.
+            self._sink_errors += len(batch)
+            log.exception("processing %d events failed", len(batch))
 
     def kernel_counters(self) -> dict[str, int]:
         """The BPF-side counters (summed over CPUs)."""
         if self._bpf is None:
-            return {}
+            return dict(self._final_counters)
         stats = self._bpf[b"stats"]
         out = {name: int(sum(stats[ctypes.c_int(i)])) for i, name in enumerate(_STAT_NAMES)}
         out["decode_errors"] = self._decode_errors
+        out["lost_processing"] = self._sink_errors
         return out
 
     def stats(self) -> SourceStats:
         k = self.kernel_counters()
         lost = {kind: k.get(f"lost_{kind}", 0) for kind in ("fork", "exec", "exit", "oom_kill")}
+        lost["undecodable"] = k.get("decode_errors", 0)
+        lost["processing"] = k.get("lost_processing", 0)
         return SourceStats(events=self._events, lost=lost, drains=self._drains, counters=k)
 
     def cpu_times_ns(self) -> Mapping[int, int] | None:
