@@ -186,7 +186,7 @@ def test_pid_reuse_gives_distinct_entries(agent: Agent) -> None:
     first.wait()
     pid = first.pid
     second = None
-    for _ in range(50):  # another fork on the host may take the pid first; retry
+    for _ in range(200):  # another fork on the host may take the pid first; retry
         Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
         candidate = subprocess.Popen(["sleep", second_tag])
         if candidate.pid == pid:
