@@ -1,22 +1,26 @@
-"""Builds a running agent from a Config: picks the source, falls back, wires the pipeline."""
+"""Builds a running agent from a Config: picks the source, falls back, wires the
+pipeline, the /stream hub and the HTTP API."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from otel_linnix.config import Config
 from otel_linnix.containers import CgroupResolver
-from otel_linnix.errors import CaptureUnavailable
+from otel_linnix.errors import CaptureUnavailable, ConfigError
 from otel_linnix.pipeline import Pipeline
 from otel_linnix.process_table import ProcessTable
+from otel_linnix.redaction import Redactor
 from otel_linnix.sinks import SinkWorker
 from otel_linnix.sources.base import Source
 from otel_linnix.sources.bpf import BpfSource
 from otel_linnix.sources.procfs import ProcReader, boottime_ns
 from otel_linnix.sources.procfs_poll import ProcfsPollingSource
+from otel_linnix.stream_hub import StreamHub
 
-__all__ = ["build_pipeline", "choose_source"]
+__all__ = ["Agent", "build_pipeline", "choose_source"]
 
 log = logging.getLogger(__name__)
 
@@ -64,5 +68,51 @@ def build_pipeline(config: Config, sinks: Sequence[SinkWorker] = ()) -> Pipeline
         sampler_max_processes=config.telemetry.sample_max_processes,
         fd_limit_refresh_sweeps=config.telemetry.fd_limit_refresh_sweeps,
         capture_kernel_threads=config.capture.kernel_threads,
+        redactor=(
+            Redactor(config.privacy.redact_flags, config.privacy.redact_patterns)
+            if config.privacy.redact_argv
+            else None
+        ),
         fallback_reason=reason,
     )
+
+
+def wall_from_boot(ts_ns: int) -> int:
+    """Boot-clock ns -> Unix-epoch ns, using the clocks' offset right now."""
+    return ts_ns + (time.time_ns() - boottime_ns())
+
+
+class Agent:
+    """Everything ``otel-linnix run`` runs: pipeline, /stream hub, HTTP API."""
+
+    def __init__(self, config: Config, extra_sinks: Sequence[SinkWorker] = ()) -> None:
+        from otel_linnix.api import ApiContext, create_app  # noqa: PLC0415 - Flask at the edge
+        from otel_linnix.api.server import ApiServer  # noqa: PLC0415
+
+        api = config.api
+        self.hub = StreamHub(
+            api.stream_backlog_events,
+            api.max_stream_clients,
+            api.stream_queue_events,
+            wall_from_boot,
+        )
+        self.pipeline = build_pipeline(config, [SinkWorker(self.hub), *extra_sinks])
+        self.context = ApiContext(config, self.pipeline, self.hub, boottime_ns)
+        try:
+            self.api = ApiServer(create_app(self.context), api.bind_address, api.max_stream_clients)
+        except OSError as exc:
+            self.pipeline.stop(1.0)
+            raise ConfigError(
+                f"[api] bind_address: cannot listen on {api.bind_address}: {exc.strerror}"
+            ) from None
+
+    def start(self) -> None:
+        # The API first: /health and /readyz answer while the walk runs.
+        self.api.start()
+        self.pipeline.start()
+
+    def stop(self, timeout_s: float = 1.8) -> None:
+        deadline = time.monotonic() + timeout_s
+        self.hub.close()  # ends every /stream response
+        self.api.stop(max(0.1, (deadline - time.monotonic()) / 3))
+        self.pipeline.stop(max(0.1, deadline - time.monotonic()))

@@ -12,7 +12,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TextIO
 
@@ -23,7 +22,6 @@ from otel_linnix.events import ProcessEvent
 from otel_linnix.pipeline import AgentStatus, Pipeline
 from otel_linnix.process_table import ProcessTable
 from otel_linnix.sinks import JsonlWriter, SinkWorker
-from otel_linnix.sources.procfs import boottime_ns
 
 __all__ = ["main"]
 
@@ -31,11 +29,6 @@ log = logging.getLogger("otel_linnix")
 
 # A status line this often while running, so a foreground agent shows life.
 _STATUS_EVERY_S = 60.0
-
-
-def wall_from_boot(ts_ns: int) -> int:
-    """Boot-clock ns -> Unix-epoch ns, using the clocks' offset right now."""
-    return ts_ns + (time.time_ns() - boottime_ns())
 
 
 def _status_line(st: AgentStatus) -> str:
@@ -74,16 +67,21 @@ def _build(config: Config, sinks: Sequence[SinkWorker] = ()) -> Pipeline:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from otel_linnix.agent import Agent  # noqa: PLC0415 - keeps `--help` fast
+
     config = load_config(args.config)
     for key in config.ignored_keys:
         log.warning("config: %s is a Linnix setting this agent does not use; ignored", key)
-    pipeline = _build(config)
+    agent = Agent(config)
+    pipeline = agent.pipeline
     with _stop_on_signals() as stop:
-        pipeline.start()
+        agent.start()
         log.info(
-            "otel-linnix running (source %s, config %s)",
+            "otel-linnix running (source %s, config %s, API http://%s:%d)",
             pipeline.source.kind.value,
             config.source_path or "embedded defaults",
+            agent.api.host,
+            agent.api.port,
         )
         if pipeline.fallback_reason:
             log.warning(
@@ -93,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         while not stop.wait(_STATUS_EVERY_S):
             log.info("%s", _status_line(pipeline.status()))
-    pipeline.stop(timeout_s=1.5)
+    agent.stop(timeout_s=1.8)
     log.info("stopped: %s", _status_line(pipeline.status()))
     return 0
 
@@ -138,6 +136,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write {args.out}: {exc.strerror}") from None
     try:
+        from otel_linnix.agent import wall_from_boot  # noqa: PLC0415
+
         writer = JsonlWriter(out, wall_from_boot)
         sink = SinkWorker(_BootstrapFilter(writer) if args.no_bootstrap else writer)
         pipeline = _build(config, [sink])

@@ -10,8 +10,10 @@ Linnix accepts but this agent has no use for are accepted with a warning
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from otel_linnix.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "ENV_API_TOKEN",
     "ENV_CONFIG",
     "ENV_KERNEL_BTF",
     "ENV_LLM_API_KEY",
@@ -31,12 +34,14 @@ __all__ = [
     "CaptureConfig",
     "Config",
     "LlmConfig",
+    "PrivacyConfig",
     "ProcessTableConfig",
     "RulesConfig",
     "RuntimeConfig",
     "TelemetryConfig",
     "bundled_path",
     "load_config",
+    "parse_bind_address",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/linnix/linnix.toml")
@@ -45,6 +50,7 @@ ENV_LLM_ENDPOINT = "LLM_ENDPOINT"
 ENV_LLM_MODEL = "LLM_MODEL"
 ENV_LLM_API_KEY = "LLM_API_KEY"
 ENV_KERNEL_BTF = "LINNIX_KERNEL_BTF"
+ENV_API_TOKEN = "LINNIX_API_TOKEN"  # noqa: S105 - the variable's name, not a secret
 
 
 def _spec(
@@ -80,6 +86,19 @@ class RulesConfig:
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
     bind_address: str = "127.0.0.1:3000"
+    # Required on every route but /health when set; $LINNIX_API_TOKEN overrides.
+    auth_token: str | None = None
+    max_stream_clients: int = field(default=64, metadata=_spec(1, 1000))
+    stream_queue_events: int = field(default=10_000, metadata=_spec(10, 1_000_000))
+    stream_backlog_events: int = field(default=10_000, metadata=_spec(0, 1_000_000))
+    heartbeat_interval_s: float = field(default=15.0, metadata=_spec(0.1, 300))
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    redact_argv: bool = True
+    redact_flags: tuple[str, ...] = ()
+    redact_patterns: tuple[str, ...] = field(default=(), metadata={"regex": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +139,7 @@ class Config:
     llm: LlmConfig = LlmConfig()
     capture: CaptureConfig = CaptureConfig()
     process_table: ProcessTableConfig = ProcessTableConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     # Where the settings came from (None: embedded defaults) and what was
     # accepted but ignored, for check-config and the start-up log.
     source_path: str | None = None
@@ -136,6 +156,7 @@ class Config:
 _ALIASES: Mapping[tuple[str, str], str] = {
     ("api", "listen_addr"): "bind_address",
     ("rules", "path"): "config_path",
+    ("privacy", "redact_sensitive_data"): "redact_argv",
 }
 # Linnix keys with no meaning here: accepted, reported, otherwise ignored.
 _LINNIX_IGNORED_SECTIONS = frozenset(
@@ -148,7 +169,6 @@ _LINNIX_IGNORED_SECTIONS = frozenset(
         "notifications",
         "psi",
         "noise_budget",
-        "privacy",
         "probes",
     }
 )
@@ -182,6 +202,7 @@ def _type_name(tp: Any) -> str:
         "bool": "true or false",
         "str": "a string",
         "str | None": "a string",
+        "tuple[str, ...]": "a list of strings",
     }.get(str(tp), str(tp))
 
 
@@ -195,10 +216,19 @@ def _check_value(where: str, f: dataclasses.Field[Any], value: Any) -> tuple[Any
     elif tp == "float":
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
+    elif tp == "tuple[str, ...]":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
     else:
         ok = isinstance(value, str)
     if not ok:
         return value, f"{where}: expected {_type_name(tp)}, got {value!r}"
+    if meta.get("regex"):
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                return value, f"{where}: invalid regular expression {pattern!r}: {exc}"
     lo, hi = meta.get("lo"), meta.get("hi")
     # TOML allows nan and inf, which compare false to any bound.
     nonfinite = isinstance(value, float) and not math.isfinite(value)
@@ -242,6 +272,35 @@ def _resolve_path(value: str | None, base: Path | None) -> str | None:
     if value is None or base is None or os.path.isabs(value):
         return value
     return str((base / value).resolve())
+
+
+def parse_bind_address(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ValueError says what is wrong."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ValueError(f"expected host:port (e.g. 127.0.0.1:3000), got {value!r}")
+    return host.strip("[]"), int(port_text)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_bind(origin: str, api: ApiConfig) -> None:
+    try:
+        host, _port = parse_bind_address(api.bind_address)
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: [api] bind_address: {exc}") from None
+    if not _is_loopback(host) and not api.auth_token:
+        raise ConfigError(
+            f"{origin}: [api] bind_address: refusing to serve the API on {api.bind_address} "
+            f"without a token: set [api] auth_token or ${ENV_API_TOKEN}, or bind to 127.0.0.1"
+        )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -291,6 +350,7 @@ def load_config(
         "llm": LlmConfig,
         "capture": CaptureConfig,
         "process_table": ProcessTableConfig,
+        "privacy": PrivacyConfig,
     }
     for name, table in data.items():
         if name in _LINNIX_IGNORED_SECTIONS:
@@ -322,6 +382,11 @@ def load_config(
     capture = sections.get("capture", CaptureConfig())
     if env.get(ENV_KERNEL_BTF):
         capture = dataclasses.replace(capture, btf_path=env[ENV_KERNEL_BTF])
+    api = sections.get("api", ApiConfig())
+    if env.get(ENV_API_TOKEN, "").strip():
+        api = dataclasses.replace(api, auth_token=env[ENV_API_TOKEN].strip())
+    _check_bind(origin, api)
+    sections["api"] = api
     sections["rules"] = rules
     sections["llm"] = llm
     sections["capture"] = capture

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from otel_linnix.containers import CgroupResolver, parse_container
 from otel_linnix.events import EventKind, ProcessEvent, ProcessSource
 from otel_linnix.process_table import ProcessTable, TableStats
+from otel_linnix.redaction import Redactor
 from otel_linnix.sampler import Sampler, SweepStats
 from otel_linnix.sinks import SinkWorker
 from otel_linnix.sources.base import Source, SourceStats
@@ -73,6 +74,7 @@ class Pipeline:
         sampler_max_processes: int = 20_000,
         fd_limit_refresh_sweeps: int = 30,
         capture_kernel_threads: bool = False,
+        redactor: Redactor | None = None,
         fallback_reason: str | None = None,
     ) -> None:
         self.source = source
@@ -82,6 +84,7 @@ class Pipeline:
         self.sinks = list(sinks)
         self._clock = clock
         self._kthreads = capture_kernel_threads
+        self._redactor = redactor
         self.fallback_reason = fallback_reason
         self.sampler = Sampler(
             reader,
@@ -99,6 +102,7 @@ class Pipeline:
         self._sampler_thread: threading.Thread | None = None
         self._started_ns: int | None = None
         self._bootstrap_count = 0
+        self.ready = False  # the start-up walk is applied and the source delivers
         self._cgroup_ids: dict[str, int] = {}
 
     # ---- lifecycle ------------------------------------------------------------
@@ -112,6 +116,7 @@ class Pipeline:
             sink.start()
         self._bootstrap()
         self.source.start(self)
+        self.ready = True
         self._stop.clear()
         self._sampler_thread = threading.Thread(
             target=self._sample_loop, name="linnix-sampler", daemon=True
@@ -177,6 +182,12 @@ class Pipeline:
         self.table.prune(out[-1].ts_ns)
 
     def _enrich(self, ev: ProcessEvent, seq: int) -> ProcessEvent:
+        if ev.argv and self._redactor is not None:
+            # Once, here: the table, the API, /stream, recordings and exporters
+            # only ever see the redacted argv.
+            argv = self._redactor.redact(ev.argv)
+            if argv is not ev.argv:
+                ev = ev._replace(argv=argv)
         if ev.kind is EventKind.OOM_KILL and not ev.cgroup_id:
             # The OOM tracepoint runs in the allocating task: take the
             # victim's cgroup from what the table knows of it.

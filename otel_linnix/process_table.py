@@ -412,6 +412,18 @@ class ProcessTable:
                     out.append(entry.info())
         return out
 
+    def has_ancestor_pid(self, key: ProcessKey, pid: int) -> bool:
+        """Whether a process with ``pid`` is among the known ancestors of ``key``."""
+        with self._lock:
+            entry = self._entries.get(key)
+            steps = 0
+            while entry is not None and entry.parent_key is not None and steps < _MAX_DEPTH:
+                if entry.parent_key.pid == pid:
+                    return True
+                entry = self._entries.get(entry.parent_key)
+                steps += 1
+        return False
+
     def siblings(self, key: ProcessKey) -> list[ProcessInfo]:
         with self._lock:
             entry = self._entries.get(key)

@@ -16,7 +16,7 @@ say() { printf 'install: %s\n' "$*"; }
 
 # --- Debian packages (bcc comes only from Debian; PyPI's "bcc" is unrelated) --
 apt_pkgs=(python3-bpfcc bpftool linux-headers-amd64 python3-venv)
-[ "$dev" = 1 ] && apt_pkgs+=(gcc libc6-dev)
+[ "$dev" = 1 ] && apt_pkgs+=(gcc libc6-dev curl)
 if [ "$(id -u)" = 0 ]; then
   missing=()
   for p in "${apt_pkgs[@]}"; do

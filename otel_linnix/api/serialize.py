@@ -1,0 +1,173 @@
+"""JSON shapes of the API: processes and lineage graphs.
+
+Field names follow Linnix where its clients depend on them (``cpu_pct``,
+``mem_pct``, ``age_sec``, the /graph node shape) and say their unit
+everywhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from otel_linnix.api.context import ApiContext
+from otel_linnix.process_table import ProcessInfo, ProcessTable
+from otel_linnix.recording import iso_time
+
+__all__ = ["STATE_NAMES", "graph_json", "process_json"]
+
+# /proc state letters as words (the OTel process.state values where they exist).
+STATE_NAMES = {
+    "R": "running",
+    "S": "sleeping",
+    "D": "disk-sleep",
+    "T": "stopped",
+    "t": "stopped",
+    "Z": "defunct",
+    "X": "dead",
+    "I": "idle",
+    "P": "parked",
+    "W": "waking",
+}
+
+
+def _state(info: ProcessInfo) -> str:
+    if info.exited:
+        return "exited"
+    if info.sample is not None and info.sample.state:
+        return STATE_NAMES.get(info.sample.state, info.sample.state)
+    return "unknown"
+
+
+def process_json(info: ProcessInfo, ctx: ApiContext, now_ns: int) -> dict[str, Any]:
+    """One process, live or exited, as /processes and /processes/<pid> return it."""
+    sample = info.sample
+    end_ns = info.exit_ts_ns if info.exited and info.exit_ts_ns else now_ns
+    age_s = max(0.0, (end_ns - info.start_time_ns) / 1e9)
+    rss = sample.rss_bytes if sample else None
+    cpu = sample.cpu_percent if sample else None
+    mem_pct = rss * 100.0 / ctx.mem_total_bytes if rss is not None and ctx.mem_total_bytes else None
+    offset = ctx.wall_from_boot(0)
+    return {
+        "pid": info.pid,
+        "ppid": info.ppid,
+        "start_time_ns": info.start_time_ns,
+        "start_time": iso_time(info.start_time_ns + offset),
+        "comm": info.comm,
+        "exe": info.exe,
+        "argv": list(info.argv) if info.argv is not None else None,
+        "argv_truncated": info.argv_truncated,
+        "uid": info.uid,
+        "gid": info.gid,
+        "user": ctx.users.name(info.uid),
+        "container_id": info.container_id,
+        "container_runtime": info.container_runtime,
+        "pod_uid": info.pod_uid,
+        "cgroup_id": info.cgroup_id,
+        "cpu_percent": cpu,
+        "cpu_pct": cpu,
+        "cpu_time_ns": sample.cpu_time_ns if sample else info.cpu_time_ns,
+        "rss_bytes": rss,
+        "mem_pct": mem_pct,
+        "open_fds": sample.fd_count if sample else None,
+        "fd_limit": sample.fd_limit if sample else None,
+        "threads": sample.threads if sample else None,
+        "state": _state(info),
+        "age_s": age_s,
+        "age_sec": int(age_s),
+        "bootstrap": info.bootstrap,
+        "kernel_thread": info.kernel_thread,
+        "source": info.source.value,
+        "exited": info.exited,
+        "exit_code": info.exit_code,
+        "exit_signal": info.exit_signal,
+        "core_dumped": info.core_dumped,
+        "exit_time": iso_time(info.exit_ts_ns + offset) if info.exit_ts_ns else None,
+        "oom_killed": info.oom_killed,
+    }
+
+
+def _node(info: ProcessInfo, relationship: str, level: int) -> dict[str, Any]:
+    if info.exited:
+        event_type = "exit"
+    elif info.exec_count or info.bootstrap:
+        event_type = "exec"
+    else:
+        event_type = "fork"
+    return {
+        "pid": info.pid,
+        "ppid": info.ppid,
+        "start_time_ns": info.start_time_ns,
+        "comm": info.comm,
+        "exe": info.exe,
+        "uid": info.uid,
+        "gid": info.gid,
+        "event_type": event_type,
+        "relationship": relationship,
+        "level": level,
+        "exited": info.exited,
+        "exit_code": info.exit_code,
+        "exit_signal": info.exit_signal,
+        "container_id": info.container_id,
+    }
+
+
+def graph_json(table: ProcessTable, focus: ProcessInfo, max_descendants: int) -> dict[str, Any]:
+    """Ancestors to the oldest known one, siblings and descendants of ``focus``.
+
+    Levels: the process 0, ancestors -1, -2..., siblings 0, descendants 1, 2...
+    A parent that is not in the table (it exited before the retention window,
+    or before the agent started) becomes a ``virtual_root`` node, as in Linnix.
+    """
+    members: list[tuple[ProcessInfo, str, int]] = [(focus, "self", 0)]
+    ancestors = table.ancestors(focus.key)
+    members.extend((info, "ancestor", -depth) for depth, info in enumerate(ancestors, start=1))
+    members.extend((info, "sibling", 0) for info in table.siblings(focus.key))
+    below = table.descendants(focus.key, limit=max_descendants)
+    members.extend((info, "descendant", depth) for info, depth in below)
+    nodes = [_node(info, rel, level) for info, rel, level in members]
+    present = {info.key for info, _, _ in members}
+    edges: list[dict[str, int | None]] = [
+        {
+            "from": info.parent_key.pid,
+            "to": info.pid,
+            "from_start_time_ns": info.parent_key.start_time_ns,
+            "to_start_time_ns": info.start_time_ns,
+        }
+        for info, _, _ in members
+        if info.parent_key is not None and info.parent_key in present
+    ]
+    top = ancestors[-1] if ancestors else focus
+    if top.ppid > 0 and (top.parent_key is None or top.parent_key not in present):
+        nodes.append(
+            {
+                "pid": top.ppid,
+                "ppid": None,
+                "start_time_ns": None,
+                "comm": None,
+                "exe": None,
+                "uid": None,
+                "gid": None,
+                "event_type": None,
+                "relationship": "virtual_root",
+                "level": -len(ancestors) - 1,
+                "exited": None,
+                "exit_code": None,
+                "exit_signal": None,
+                "container_id": None,
+            }
+        )
+        edges.append(
+            {
+                "from": top.ppid,
+                "to": top.pid,
+                "from_start_time_ns": None,
+                "to_start_time_ns": top.start_time_ns,
+            }
+        )
+    return {
+        "root": focus.pid,
+        "start_time_ns": focus.start_time_ns,
+        "nodes": nodes,
+        "edges": edges,
+        "truncated": len(below) >= max_descendants,
+    }
