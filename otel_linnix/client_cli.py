@@ -12,7 +12,7 @@ from typing import Any
 from otel_linnix.client import AgentClient, ClientError
 from otel_linnix.console import event_line
 from otel_linnix.errors import DataError
-from otel_linnix.recording import event_from_dict
+from otel_linnix.recording import event_from_dict, parse_iso_time
 
 __all__ = ["main"]
 
@@ -78,12 +78,7 @@ def cmd_stream(client: AgentClient, args: argparse.Namespace, colour: bool) -> i
             except DataError as exc:
                 print(f"linnix-cli: event {msg.id}: {exc}", file=sys.stderr)
                 continue
-            wall = None
-            if data.get("time"):
-                from datetime import datetime  # noqa: PLC0415
-
-                stamp = datetime.fromisoformat(data["time"][:26].replace("Z", "+00:00"))
-                wall = int(stamp.timestamp() * 1e9)
+            wall = parse_iso_time(data["time"]) if data.get("time") else None
             print(event_line(event, wall, colour=colour), flush=True)
     return 0
 

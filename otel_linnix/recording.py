@@ -17,7 +17,14 @@ from typing import IO, Any
 from otel_linnix.errors import DataError
 from otel_linnix.events import EventKind, ProcessEvent, ProcessSource
 
-__all__ = ["FORMAT_VERSION", "event_from_dict", "event_to_dict", "iso_time", "read_events"]
+__all__ = [
+    "FORMAT_VERSION",
+    "event_from_dict",
+    "event_to_dict",
+    "iso_time",
+    "parse_iso_time",
+    "read_events",
+]
 
 FORMAT_VERSION = 1
 
@@ -38,6 +45,17 @@ def iso_time(wall_ns: int) -> str:
     """RFC 3339 UTC with nanoseconds, as OTLP backends and jq users expect."""
     secs, ns = divmod(wall_ns, 1_000_000_000)
     return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"
+
+
+def parse_iso_time(text: str) -> int | None:
+    """Unix-epoch ns of an ``iso_time()`` string (RFC 3339, UTC, up to 9 fraction digits)."""
+    head, _, frac = text.rstrip("Zz").partition(".")
+    try:
+        stamp = datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    digits = (frac if frac.isdigit() else "").ljust(9, "0")[:9]
+    return int(stamp.timestamp()) * 1_000_000_000 + int(digits)
 
 
 def event_to_dict(ev: ProcessEvent, wall_ns: int | None = None) -> dict[str, Any]:

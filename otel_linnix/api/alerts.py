@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -22,16 +23,27 @@ def _since_ns() -> int | None:
     raw = str_param("since")
     if raw is None:
         return None
+    bad = ApiError(
+        400, f"query parameter 'since': expected epoch seconds or an RFC 3339 time, got {raw!r}"
+    )
     try:
-        return int(float(raw) * 1e9)
-    except ValueError:
+        # Decimal, not float: epoch seconds with a fraction keep full precision.
+        seconds = Decimal(raw)
+    except InvalidOperation:
         pass
+    else:
+        if not seconds.is_finite():
+            raise bad
+        return int(seconds * 1_000_000_000)
     try:
-        return int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp() * 1e9)
+        stamp = datetime.fromisoformat(raw.upper().replace("Z", "+00:00"))
     except ValueError:
+        raise bad from None
+    if stamp.tzinfo is None:
         raise ApiError(
-            400, f"query parameter 'since': expected epoch seconds or an RFC 3339 time, got {raw!r}"
-        ) from None
+            400, f"query parameter 'since': {raw!r} has no time zone offset (use Z or +HH:MM)"
+        )
+    return int(stamp.timestamp()) * 1_000_000_000 + stamp.microsecond * 1000
 
 
 @bp.get("/alerts")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import re
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
@@ -11,6 +12,8 @@ from werkzeug.exceptions import HTTPException
 
 __all__ = ["ApiError", "float_param", "install", "int_param", "str_param"]
 
+# Plain ASCII decimal integers only (int() also takes " 5", "1_000", "٣").
+_INTEGER = re.compile(r"-?[0-9]+\Z")
 # Routes that answer without a token: liveness must work for any prober.
 _OPEN_ROUTES = frozenset({"/health"})
 
@@ -52,10 +55,9 @@ def int_param(name: str, lo: int = 0, hi: int = 2**63 - 1) -> int | None:
     raw = str_param(name)
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"query parameter {name!r}: expected an integer, got {raw!r}") from None
+    if not _INTEGER.match(raw):
+        raise ApiError(400, f"query parameter {name!r}: expected an integer, got {raw!r}")
+    value = int(raw)
     if not lo <= value <= hi:
         raise ApiError(400, f"query parameter {name!r}: expected {lo}..{hi}, got {value}")
     return value
@@ -87,7 +89,12 @@ def install(app: Flask) -> None:
         if exc.code == 404:
             return _json_error(404, f"no such route: {request.path}")
         if exc.code == 405:
-            return _json_error(405, f"method {request.method} not allowed on {request.path}")
+            response = _json_error(405, f"method {request.method} not allowed on {request.path}")
+            # RFC 9110: a 405 lists the methods that are allowed.
+            for name, value in exc.get_headers():
+                if name.lower() == "allow":
+                    response.headers["Allow"] = value
+            return response
         return _json_error(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(Exception)

@@ -29,7 +29,7 @@ _SORT_KEYS: dict[str, Callable[[dict[str, Any]], float]] = {
 }
 # Linnix spellings: sort=cpu_pct:desc, filter=cpu_pct>N
 _LINNIX_SORT = {"cpu_pct": "cpu", "mem_pct": "rss"}
-_LINNIX_FILTER = re.compile(r"^(cpu_pct|mem_pct)\s*>\s*([0-9.]+)$")
+_LINNIX_FILTER = re.compile(r"^(cpu_pct|mem_pct)\s*>\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
 
 
 def _ctx() -> ApiContext:
@@ -59,7 +59,7 @@ def _filters(ctx: ApiContext) -> list[Callable[[dict[str, Any]], bool]]:
         else:
             checks.append(lambda p: (p["container_id"] or "").startswith(container))
     if (user := str_param("user")) is not None:
-        if user.isdigit():
+        if user.isascii() and user.isdigit():
             uid = int(user)
             checks.append(lambda p: p["uid"] == uid)
         else:

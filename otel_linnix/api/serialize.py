@@ -122,15 +122,18 @@ def graph_json(table: ProcessTable, focus: ProcessInfo, max_descendants: int) ->
     ancestors = table.ancestors(focus.key)
     members.extend((info, "ancestor", -depth) for depth, info in enumerate(ancestors, start=1))
     members.extend((info, "sibling", 0) for info in table.siblings(focus.key))
-    below = table.descendants(focus.key, limit=max_descendants)
-    members.extend((info, "descendant", depth) for info, depth in below)
+    # One more than asked tells whether the subtree was cut.
+    below = table.descendants(focus.key, limit=max_descendants + 1)
+    truncated = len(below) > max_descendants
+    members.extend((info, "descendant", depth) for info, depth in below[:max_descendants])
     nodes = [_node(info, rel, level) for info, rel, level in members]
-    present = {info.key for info, _, _ in members}
+    # Keys are tick-truncated; edges carry the nodes' exact start times.
+    present = {info.key: info for info, _, _ in members}
     edges: list[dict[str, int | None]] = [
         {
             "from": info.parent_key.pid,
             "to": info.pid,
-            "from_start_time_ns": info.parent_key.start_time_ns,
+            "from_start_time_ns": present[info.parent_key].start_time_ns,
             "to_start_time_ns": info.start_time_ns,
         }
         for info, _, _ in members
@@ -169,5 +172,5 @@ def graph_json(table: ProcessTable, focus: ProcessInfo, max_descendants: int) ->
         "start_time_ns": focus.start_time_ns,
         "nodes": nodes,
         "edges": edges,
-        "truncated": len(below) >= max_descendants,
+        "truncated": truncated,
     }

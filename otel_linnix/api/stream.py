@@ -48,7 +48,9 @@ def build_filter(ctx: ApiContext) -> Callable[[StreamItem], bool] | None:
         checks.append(lambda it: it.kind in kinds)
     if (comm := str_param("comm")) is not None:
         checks.append(lambda it: it.event is not None and fnmatch.fnmatchcase(it.event.comm, comm))
-    if (container := str_param("container")) is not None:
+    if (container := str_param("container")) == "none":
+        checks.append(lambda it: it.event is not None and it.event.container_id is None)
+    elif container is not None:
         checks.append(
             lambda it: it.event is not None and (it.event.container_id or "").startswith(container)
         )
@@ -71,12 +73,9 @@ def _last_event_id() -> int | None:
     raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     if raw is None or raw == "":
         return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApiError(
-            400, f"Last-Event-ID: expected an event id (an integer), got {raw!r}"
-        ) from None
+    if not raw.isascii() or not raw.isdigit():
+        raise ApiError(400, f"Last-Event-ID: expected an event id (an integer >= 0), got {raw!r}")
+    return int(raw)
 
 
 # Frames are sent in pieces of about this size, so a client that is far
@@ -115,7 +114,10 @@ def _frames(hub: StreamHub, sub: Subscription, heartbeat_s: float) -> Iterator[b
             yield _lost_frame(sub.gap, "the requested id is older than the backlog")
         sent = sub.replay[-1].seq if sub.replay else -1
         yield from _chunks(it.frame() for it in sub.replay)
-        while not subscriber.closed:
+        while True:
+            # Read the flag first: after close(), one last take() still sends
+            # what was already queued for this client.
+            closing = subscriber.closed
             items, lost = subscriber.take(heartbeat_s)
             if lost:
                 yield _lost_frame(lost, "this client read too slowly")
@@ -125,8 +127,10 @@ def _frames(hub: StreamHub, sub: Subscription, heartbeat_s: float) -> Iterator[b
             if fresh:
                 sent = fresh[-1].seq
                 yield from _chunks(it.frame() for it in fresh)
-            elif not lost:
+            elif not lost and not closing:
                 yield f": keep-alive {iso_time(time.time_ns())}\n\n".encode()
+            if closing:
+                break
     finally:
         hub.unsubscribe(subscriber)
 
@@ -140,6 +144,9 @@ def sse_response(ctx: ApiContext, accept: Callable[[StreamItem], bool] | None) -
     response = Response(
         _frames(ctx.hub, sub, ctx.config.api.heartbeat_interval_s), mimetype="text/event-stream"
     )
+    # A generator that never starts (HEAD, a client gone before the first
+    # byte) runs no finally: release the subscription when the response closes.
+    response.call_on_close(lambda: ctx.hub.unsubscribe(sub.subscriber))
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # proxies must not buffer the stream
     return response

@@ -54,10 +54,10 @@ def test_env_config_path_is_used_when_no_path_is_given(tmp_path: Path) -> None:
 def test_default_path_is_used_when_it_exists(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    path = write(tmp_path / "etc" / "linnix.toml", "[api]\nbind_address = '0.0.0.0:9000'\n")
+    path = write(tmp_path / "etc" / "linnix.toml", "[api]\nbind_address = '127.0.0.1:9000'\n")
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", path)
     cfg = load_config(None, environ={})
-    assert cfg.api.bind_address == "0.0.0.0:9000"
+    assert cfg.api.bind_address == "127.0.0.1:9000"
     assert cfg.source_path == str(path)
 
 
@@ -205,6 +205,7 @@ def test_linnix_keys_load_and_unused_ones_are_reported(tmp_path: Path) -> None:
             "events_rate_cap = 5000\n"
             "[api]\n"
             "listen_addr = '0.0.0.0:3000'\n"
+            "auth_token = 'a-token'\n"
             "[rules]\n"
             "path = 'rules.yaml'\n"
             "[circuit_breaker]\n"
@@ -253,3 +254,25 @@ def test_int_is_accepted_for_a_float_key(tmp_path: Path) -> None:
     value = load_config(path, environ={}).process_table.exited_retention_s
     assert value == 30.0
     assert isinstance(value, float)
+
+
+def test_non_loopback_bind_needs_a_token(tmp_path: Path) -> None:
+    path = write(tmp_path / "linnix.toml", "[api]\nbind_address = '0.0.0.0:3000'\n")
+    message = load_error(path)
+    assert message.startswith(f"{path}: [api] bind_address: refusing to serve the API")
+    assert "LINNIX_API_TOKEN" in message
+    assert len(message.splitlines()) == 1
+    with_token = load_config(path, environ={"LINNIX_API_TOKEN": "t0ken"})
+    assert with_token.api.auth_token == "t0ken"
+    for loopback in ("127.0.0.1:3000", "localhost:3000", "[::1]:3000"):
+        write(path, f"[api]\nbind_address = '{loopback}'\n")
+        assert load_config(path, environ={}).api.auth_token is None
+
+
+def test_bad_bind_address_and_bad_redaction_pattern_are_named(tmp_path: Path) -> None:
+    path = write(tmp_path / "linnix.toml", "[api]\nbind_address = 'nonsense'\n")
+    assert "[api] bind_address: expected host:port" in load_error(path)
+    write(path, "[privacy]\nredact_patterns = ['(']\nredact_flags = 'x'\n")
+    message = load_error(path)
+    assert "[privacy] redact_patterns: invalid regular expression '('" in message
+    assert "[privacy] redact_flags: expected a list of strings" in message
