@@ -20,6 +20,7 @@ import contextlib
 import math
 import os
 import re
+import resource
 import shlex
 import signal
 import subprocess
@@ -37,9 +38,9 @@ from tests.workloads import build
 __all__ = [
     "AGENT",
     "CLK_TCK",
-    "REPO",
     "BenchError",
     "Finished",
+    "HostCpu",
     "ManagedProcess",
     "SpawnRound",
     "SpawnedChild",
@@ -47,8 +48,10 @@ __all__ = [
     "agent_env",
     "agent_status",
     "boot_ns",
+    "children_cpu_s",
     "cpu_seconds",
     "fmt_mib",
+    "fraction",
     "host_forks",
     "median",
     "parse_spawner_output",
@@ -63,11 +66,11 @@ __all__ = [
     "run_spawner",
     "spread",
     "start_agent",
+    "wait_for_quiet",
     "workdir",
     "workload",
 ]
 
-REPO = Path(__file__).resolve().parent.parent
 # The console script installed next to the interpreter running the bench.
 AGENT = Path(sys.executable).with_name("otel-linnix")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -152,6 +155,12 @@ def cpu_seconds(pid: int, *, children: bool = False) -> float:
     return ticks / CLK_TCK
 
 
+def children_cpu_s() -> float:
+    """user+sys of every child of this process reaped so far (and of their reaped children)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _status_kib(pid: int, name: str) -> int:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
@@ -174,9 +183,61 @@ def host_forks() -> int:
     raise BenchError("/proc/stat has no processes line")
 
 
+@dataclass(frozen=True, slots=True)
+class HostCpu:
+    """The host's CPU tick counters (first line of /proc/stat)."""
+
+    busy: int
+    total: int
+
+    @classmethod
+    def now(cls) -> HostCpu:
+        with open("/proc/stat") as fh:
+            ticks = [int(x) for x in fh.readline().split()[1:]]
+        idle = ticks[3] + ticks[4]  # idle + iowait
+        return cls(sum(ticks[:8]) - idle, sum(ticks[:8]))  # guest time is inside user
+
+    def busy_s_since(self, before: HostCpu) -> float:
+        """CPU seconds the host spent busy (all CPUs summed) between two readings."""
+        return (self.busy - before.busy) / CLK_TCK
+
+    def busy_pct_since(self, before: HostCpu) -> float:
+        """Busy share of all CPUs between two readings, in %."""
+        total = self.total - before.total
+        return (self.busy - before.busy) * 100.0 / total if total else 0.0
+
+
+def wait_for_quiet(max_wait_s: float, busy_pct: float, window_s: float = 5.0) -> float:
+    """Wait until the host was at most ``busy_pct`` busy over ``window_s``.
+
+    Other sessions share this machine; a measurement of idle cost started
+    in the middle of their test run measures them. Gives up after
+    ``max_wait_s`` and returns the last busy % either way (and says so).
+    """
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        before = HostCpu.now()
+        time.sleep(window_s)
+        busy = HostCpu.now().busy_pct_since(before)
+        if busy <= busy_pct:
+            print(f"host quiet: {busy:.1f}% busy over {window_s:g} s", flush=True)
+            return busy
+        if time.monotonic() >= deadline:
+            print(
+                f"host still {busy:.1f}% busy after waiting {max_wait_s:g} s; measuring anyway",
+                flush=True,
+            )
+            return busy
+
+
 def boot_ns() -> int:
     """CLOCK_BOOTTIME: the clock of the agent's ``ts_ns``."""
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def fraction(n: int, total: int) -> str:
+    """``n/total (pct%)``."""
+    return f"{n}/{total} ({n * 100.0 / total:.2f}%)" if total else "0/0"
 
 
 def fmt_mib(n_bytes: float) -> str:
@@ -205,15 +266,24 @@ class ManagedProcess:
     counted.
     """
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, *, ready: str,
-                 ready_timeout_s: float = 60.0, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        ready: str,
+        ready_timeout_s: float = 60.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self._finished: Finished | None = None
         with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
         try:
             self._await(ready, ready_timeout_s)
         except BaseException:
@@ -232,12 +302,13 @@ class ManagedProcess:
         while marker not in self.log():
             wpid, status, _ru = os.wait4(self.pid, os.WNOHANG)
             if wpid:
-                self._finished = Finished(os.waitstatus_to_exitcode(status), 0.0, False,
-                                          self.log())
+                self._finished = Finished(os.waitstatus_to_exitcode(status), 0.0, False, self.log())
                 self.proc.returncode = self._finished.returncode
                 tail = "\n".join(self._finished.log.splitlines()[-15:])
-                raise BenchError(f"{self.name} exited ({self._finished.returncode}) before "
-                                 f"it was ready; its output ends:\n{tail}")
+                raise BenchError(
+                    f"{self.name} exited ({self._finished.returncode}) before "
+                    f"it was ready; its output ends:\n{tail}"
+                )
             if time.monotonic() > deadline:
                 raise BenchError(f"{self.name} did not print {marker!r} within {timeout_s:g} s")
             time.sleep(0.05)
@@ -266,8 +337,9 @@ class ManagedProcess:
                 break
             time.sleep(0.02)
         self.proc.returncode = os.waitstatus_to_exitcode(status)
-        self._finished = Finished(self.proc.returncode, ru.ru_utime + ru.ru_stime, killed,
-                                  self.log())
+        self._finished = Finished(
+            self.proc.returncode, ru.ru_utime + ru.ru_stime, killed, self.log()
+        )
         return self._finished
 
     def __enter__(self) -> ManagedProcess:
@@ -292,8 +364,9 @@ def agent_env() -> dict[str, str]:
 def start_agent(command: str, log_path: Path, *extra: str) -> ManagedProcess:
     """``otel-linnix <command> <extra...>`` (``run`` or ``record``), once ready."""
     argv = [str(AGENT), command, *extra]
-    return ManagedProcess("otel-linnix " + command, argv, log_path,
-                          ready=_AGENT_READY[command], env=agent_env())
+    return ManagedProcess(
+        "otel-linnix " + command, argv, log_path, ready=_AGENT_READY[command], env=agent_env()
+    )
 
 
 def agent_status(log: str) -> dict[str, str]:
@@ -301,7 +374,7 @@ def agent_status(log: str) -> dict[str, str]:
     found = [m for m in map(_STATUS_LINE.search, log.splitlines()) if m is not None]
     if not found:
         return {}
-    line = found[-1].string[found[-1].start():]
+    line = found[-1].string[found[-1].start() :]
     return dict(tok.split("=", 1) for tok in line.split() if "=" in tok and "[" not in tok)
 
 
@@ -357,6 +430,7 @@ class SpawnRound:
     mono_end_ns: int
     boot_start_ns: int  # CLOCK_BOOTTIME: the agent's ts_ns
     boot_end_ns: int
+    cpu_s: float  # user+sys of the spawner, its workers and their children
 
     @property
     def wall_s(self) -> float:
@@ -365,23 +439,34 @@ class SpawnRound:
 
 def run_spawner(spawner: Path, count: int, workers: int, child: Path, tag: str) -> SpawnRound:
     """``spawner COUNT WORKERS CHILD TAG`` to completion, with its truth."""
+    cpu0 = children_cpu_s()
     boot0, mono0 = boot_ns(), time.monotonic_ns()
-    done = subprocess.run([str(spawner), str(count), str(workers), str(child), tag],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [str(spawner), str(count), str(workers), str(child), tag],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     mono1, boot1 = time.monotonic_ns(), boot_ns()
+    cpu_s = children_cpu_s() - cpu0
     children = parse_spawner_output(done.stdout)
     if len(children) != count:
-        raise BenchError(f"spawner reported {len(children)} of {count} children "
-                         f"(exit {done.returncode}): {done.stderr.strip()}")
-    return SpawnRound(tag, tuple(children), mono0, mono1, boot0, boot1)
+        raise BenchError(
+            f"spawner reported {len(children)} of {count} children "
+            f"(exit {done.returncode}): {done.stderr.strip()}"
+        )
+    return SpawnRound(tag, tuple(children), mono0, mono1, boot0, boot1, cpu_s)
 
 
 def read_recording(path: Path) -> tuple[list[ProcessEvent], int]:
     """Events of an agent recording (fork/exec/exit only) and its bad-line count."""
     bad: list[int] = []
     with open(path, encoding="utf-8") as fh:
-        events = [ev for ev in read_events(fh, lambda n, _r: bad.append(n))
-                  if ev.kind in (EventKind.FORK, EventKind.EXEC, EventKind.EXIT)]
+        events = [
+            ev
+            for ev in read_events(fh, lambda n, _r: bad.append(n))
+            if ev.kind in (EventKind.FORK, EventKind.EXEC, EventKind.EXIT)
+        ]
     return events, len(bad)
 
 
@@ -390,7 +475,11 @@ def read_recording(path: Path) -> tuple[list[ProcessEvent], int]:
 
 def print_command(module: str) -> None:
     """The exact command line, first thing in the output."""
-    print("command: " + shlex.join([sys.executable, "-m", module, *sys.argv[1:]]))
+    print(
+        "command: "
+        + shlex.join([sys.executable, "-m", module, *sys.argv[1:]])
+        + f"   (in {os.getcwd()})"
+    )
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"host: kernel {os.uname().release}, {os.cpu_count()} CPUs, load average {load}")
     sys.stdout.flush()
@@ -440,8 +529,9 @@ def report_target(name: str, met: bool, detail: str) -> None:
     print(f"target {name}: {'met' if met else 'NOT MET'} ({detail})")
 
 
-def run_bench(module: str, parser: argparse.ArgumentParser,
-              body: Callable[[argparse.Namespace], None]) -> int:
+def run_bench(
+    module: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], None]
+) -> int:
     """Parse arguments, print the command, run ``body(args)``; setup errors exit 1.
 
     A missed target is a result, not a failure: the exit status is 0 then.

@@ -169,19 +169,28 @@ class Pipeline:
         if not events:
             return
         out: list[ProcessEvent] = []
+        seq = self._seq
         for ev in events:
-            self._seq += 1
-            stamped = self._enrich(ev, self._seq)
-            # Applied one by one: enriching a later event of the batch (an
-            # OOM kill) may need what an earlier one (its exec) told the table.
-            self.table.apply(stamped)
-            out.append(stamped)
-            self._by_kind[ev.kind.value] += 1
+            seq += 1
+            out.append(self._enrich(ev, seq, out))
+        self._seq = seq
+        self.table.apply_batch(out)
+        self._by_kind.update(ev.kind.value for ev in out)
         for sink in self.sinks:
             sink.offer(out)
         self.table.prune(out[-1].ts_ns)
 
-    def _enrich(self, ev: ProcessEvent, seq: int) -> ProcessEvent:
+    def _victim_cgroup(self, ev: ProcessEvent, batch: list[ProcessEvent]) -> int:
+        """The OOM victim's cgroup: from its own earlier records in this batch
+        (not in the table yet), else from the table."""
+        key = ev.key
+        for earlier in reversed(batch):
+            if earlier.cgroup_id and earlier.key == key:
+                return earlier.cgroup_id
+        known = self.table.get(key)
+        return known.cgroup_id if known is not None else 0
+
+    def _enrich(self, ev: ProcessEvent, seq: int, batch: list[ProcessEvent]) -> ProcessEvent:
         if ev.argv and self._redactor is not None:
             # Once, here: the table, the API, /stream, recordings and exporters
             # only ever see the redacted argv.
@@ -190,10 +199,8 @@ class Pipeline:
                 ev = ev._replace(argv=argv)
         if ev.kind is EventKind.OOM_KILL and not ev.cgroup_id:
             # The OOM tracepoint runs in the allocating task: take the
-            # victim's cgroup from what the table knows of it.
-            known = self.table.get(ev.key)
-            if known is not None:
-                ev = ev._replace(cgroup_id=known.cgroup_id)
+            # victim's cgroup from what is known of it.
+            ev = ev._replace(cgroup_id=self._victim_cgroup(ev, batch))
         if ev.container_id is None and ev.cgroup_id > 1:
             info = self._resolver.container_of(ev.cgroup_id)
             if info is not None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from otel_linnix.events import EventKind, ProcessEvent, ProcessKey, ProcessSource
+from otel_linnix.events import NS_PER_TICK, EventKind, ProcessEvent, ProcessKey, ProcessSource
 
 __all__ = ["ProcessInfo", "ProcessSample", "ProcessTable", "TableStats"]
 
@@ -122,10 +122,10 @@ class _Entry:
         "uid",
     )
 
-    def __init__(self, ev: ProcessEvent, parent_key: ProcessKey | None) -> None:
-        self.key = ev.key
+    def __init__(self, ev: ProcessEvent, key: ProcessKey) -> None:
+        self.key = key
         self.ppid = ev.ppid
-        self.parent_key = parent_key
+        self.parent_key: ProcessKey | None = None
         self.start_time_ns = ev.start_time_ns
         self.comm = ev.comm
         self.exe: str | None = None
@@ -215,8 +215,16 @@ class ProcessTable:
                 self._apply(ev)
 
     def _apply(self, ev: ProcessEvent) -> None:
-        entry = self._entry_for(ev)
-        if ev.kind is EventKind.EXEC:
+        kind = ev.kind
+        # The key, built inline once: this runs for every event.
+        start = ev.start_time_ns
+        key = tuple.__new__(ProcessKey, (ev.pid, start - start % NS_PER_TICK))
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._new_entry(ev, key)
+        elif entry.parent_key is None and ev.parent_start_time_ns is not None and ev.ppid > 0:
+            self._link(entry, ProcessKey.of(ev.ppid, ev.parent_start_time_ns))
+        if kind is EventKind.EXEC:
             # Older data never overwrites newer: a /proc bootstrap read after
             # an exec already holds that exec's argv.
             if ev.ts_ns >= entry.exec_ts_ns:
@@ -229,7 +237,7 @@ class ProcessTable:
                 self._set_cgroup(entry, ev)
             if not ev.bootstrap:
                 entry.exec_count += 1
-        elif ev.kind is EventKind.EXIT:
+        elif kind is EventKind.EXIT:
             self._mark_exited(entry, ev.ts_ns, inferred=False)
             entry.exit_code = ev.exit_code
             entry.exit_signal = ev.exit_signal
@@ -238,10 +246,10 @@ class ProcessTable:
             entry.peak_rss_bytes = ev.peak_rss_bytes
             if entry.exe is None and entry.exec_count == 0:
                 entry.comm = ev.comm
-        elif ev.kind is EventKind.OOM_KILL:
-            entry.oom_killed = True
-        elif ev.kind is EventKind.FORK:
+        elif kind is EventKind.FORK:
             self._set_cgroup(entry, ev)
+        elif kind is EventKind.OOM_KILL:
+            entry.oom_killed = True
 
     def _set_cgroup(self, entry: _Entry, ev: ProcessEvent) -> None:
         if ev.cgroup_id:
@@ -250,17 +258,11 @@ class ProcessTable:
             entry.container_runtime = ev.container_runtime
             entry.pod_uid = ev.pod_uid
 
-    def _entry_for(self, ev: ProcessEvent) -> _Entry:
-        key = ev.key
-        entry = self._entries.get(key)
-        if entry is not None:
-            if entry.parent_key is None and ev.parent_key is not None:
-                self._link(entry, ev.parent_key)
-            return entry
+    def _new_entry(self, ev: ProcessEvent, key: ProcessKey) -> _Entry:
         parent_key = ev.parent_key
         if parent_key is None and ev.ppid > 0:
             parent_key = self._live_by_pid.get(ev.ppid)
-        entry = _Entry(ev, None)
+        entry = _Entry(ev, key)
         self._entries[key] = entry
         if parent_key is not None:
             self._link(entry, parent_key)

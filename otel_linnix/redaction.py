@@ -45,8 +45,25 @@ _SECRET_HEADER = re.compile(rf"^([\w-]*(?:{_SECRET_WORDS})[\w-]*:\s*)(.+)$", re.
 _AUTH_SCHEME = re.compile(r"\b(Bearer|Basic)\s+([A-Za-z0-9._~+/=-]{6,})", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]+:)([^/\s@]+)(@)", re.IGNORECASE)
 _AWS_KEY_ID = re.compile(r"\b((?:AKIA|ASIA|AIDA|AROA)[0-9A-Z]{16})\b")
-# One cheap scan decides whether an argv needs the patterns above at all.
-_MAYBE_SECRET = re.compile(rf"{_SECRET_WORDS}|bearer|basic|://|AKIA|ASIA|AIDA|AROA", re.IGNORECASE)
+# Substrings that every match of the patterns above contains (lower case):
+# a few C-level substring searches decide whether an argv needs the regular
+# expressions at all, which almost none does.
+_HINTS = (
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "credential",
+    "auth",
+    "bearer",
+    "basic",
+    "://",
+    "akia",
+    "asia",
+    "aida",
+    "aroa",
+)
 
 
 class Redactor:
@@ -75,8 +92,8 @@ class Redactor:
         Returns the very same tuple when nothing was found (the common case),
         so callers can test ``is`` to know whether anything changed.
         """
-        joined = "\0".join(argv)
-        builtin = _MAYBE_SECRET.search(joined) is not None
+        joined = "\0".join(argv).lower()
+        builtin = any(hint in joined for hint in _HINTS)
         if not builtin and not self._extra and not self._extra_flags:
             return argv
         out: list[str] | None = None

@@ -62,6 +62,12 @@ def _frame(seq: int, kind: str, data: dict[str, object]) -> bytes:
     return f"id: {seq}\nevent: {kind}\ndata: {text}\n\n".encode()
 
 
+def _item_of(entry: ProcessEvent | StreamItem, wall_offset_ns: int) -> StreamItem:
+    if isinstance(entry, StreamItem):
+        return entry
+    return StreamItem(entry.seq, entry.kind.value, entry, entry.ts_ns + wall_offset_ns)
+
+
 class SubscriberLimit(Exception):
     """Raised by subscribe() when the configured number of clients is reached."""
 
@@ -138,7 +144,9 @@ class StreamHub:
         queue_events: int,
         wall_from_boot: Callable[[int], int],
     ) -> None:
-        self._backlog: collections.deque[StreamItem] = collections.deque(maxlen=backlog or None)
+        self._backlog: collections.deque[ProcessEvent | StreamItem] = collections.deque(
+            maxlen=backlog or None
+        )
         self._backlog_enabled = backlog > 0
         self._max_subscribers = max_subscribers
         self._queue_events = queue_events
@@ -154,22 +162,30 @@ class StreamHub:
     def emit(self, events: Sequence[ProcessEvent]) -> None:
         if not events:
             return
-        offset = self._wall_from_boot(0)
-        items = [StreamItem(ev.seq, ev.kind.value, ev, ev.ts_ns + offset) for ev in events]
-        self._publish(items)
+        # The backlog keeps the events themselves (a C-level extend): with no
+        # client connected, nothing is built or serialised per event.
+        subscribers = self._record(events, events[-1].seq)
+        if subscribers:
+            offset = self._wall_from_boot(0)
+            items = [_item_of(ev, offset) for ev in events]
+            for sub in subscribers:
+                sub.offer(items)
 
     def publish(self, seq: int, kind: str, data: dict[str, object]) -> None:
         """A non-process item (an alert) with its own, already assigned, sequence."""
-        self._publish([StreamItem(seq, kind, None, time.time_ns(), data)])
+        item = StreamItem(seq, kind, None, time.time_ns(), data)
+        for sub in self._record([item], seq):
+            sub.offer([item])
 
-    def _publish(self, items: list[StreamItem]) -> None:
+    def _record(
+        self, entries: Sequence[ProcessEvent | StreamItem], last_seq: int
+    ) -> list[Subscriber]:
+        """Append to the backlog; returns the subscribers to offer the entries to."""
         with self._lock:
             if self._backlog_enabled:
-                self._backlog.extend(items)
-            self._last_seq = max(self._last_seq, items[-1].seq)
-            subscribers = list(self._subscribers)
-        for sub in subscribers:
-            sub.offer(items)
+                self._backlog.extend(entries)
+            self._last_seq = max(self._last_seq, last_seq)
+            return list(self._subscribers)
 
     def flush(self, timeout_s: float) -> None:
         """Nothing is buffered beyond the subscribers' own queues."""
@@ -204,7 +220,8 @@ class StreamHub:
             # An id this run never issued: the agent restarted and numbering
             # began again. Everything retained is new to the client.
             last_event_id = 0
-        missed = [it for it in backlog if it.seq > last_event_id]
+        offset = self._wall_from_boot(0)
+        missed = [_item_of(it, offset) for it in backlog if it.seq > last_event_id]
         gap = max(0, oldest - last_event_id - 1)
         if accept is not None:
             missed = [it for it in missed if accept(it)]

@@ -29,6 +29,7 @@ class Frame:
     event: str
     id: int | None
     data: Any
+    at_ns: int = 0  # wall clock when the frame was parsed
 
 
 @dataclass
@@ -106,7 +107,7 @@ class SseReader:
             if data or ident is not None:
                 payload = json.loads("\n".join(data)) if data and self.keep_data else None
                 with self._cond:
-                    self.frames.append(Frame(event, ident, payload))
+                    self.frames.append(Frame(event, ident, payload, time.time_ns()))
                     self._cond.notify_all()
         return buf
 
