@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, TextIO
+from typing import IO
 
 from otel_linnix.config import Config, load_config
 from otel_linnix.console import event_line
@@ -130,9 +130,9 @@ class _BootstrapFilter:
 
 def cmd_record(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    out: TextIO
+    out: IO[bytes]
     try:
-        out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+        out = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
     except OSError as exc:
         raise UsageError(f"cannot write {args.out}: {exc.strerror}") from None
     try:
@@ -153,7 +153,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         pipeline.stop(timeout_s=5.0)
         st = pipeline.status()
     finally:
-        if out is not sys.stdout:
+        if out is not sys.stdout.buffer:
             out.close()
     print(_status_line(st), file=sys.stderr)
     if sink.dropped:
@@ -177,7 +177,7 @@ class _PrintingSink:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from otel_linnix.recording import event_to_dict  # noqa: PLC0415
+    from otel_linnix.recording import encode_event  # noqa: PLC0415
     from otel_linnix.sources.replay import ReplaySource  # noqa: PLC0415
 
     config = load_config(args.config)
@@ -189,9 +189,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     def emit(ev: ProcessEvent) -> None:
         if args.json:
-            import json  # noqa: PLC0415
-
-            out.write(json.dumps(event_to_dict(ev), separators=(",", ":")) + "\n")
+            out.write(encode_event(ev).decode() + "\n")
         elif not args.quiet:
             out.write(event_line(ev, colour=colour) + "\n")
 

@@ -9,16 +9,20 @@ see one stable shape. Documented in docs/events.md.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
+
+import orjson
 
 from otel_linnix.errors import DataError
 from otel_linnix.events import EventKind, ProcessEvent, ProcessSource
 
 __all__ = [
     "FORMAT_VERSION",
+    "encode_event",
     "event_from_dict",
     "event_to_dict",
     "iso_time",
@@ -41,10 +45,21 @@ _BOOL_FIELDS = ("argv_truncated", "core_dumped", "bootstrap", "kernel_thread")
 _OPT_STR_FIELDS = ("exe", "container_id", "container_runtime", "pod_uid")
 
 
+@functools.lru_cache(maxsize=8)
+def _second(secs: int) -> str:
+    # Formatting a date costs microseconds; events come thousands per second.
+    return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def iso_time(wall_ns: int) -> str:
     """RFC 3339 UTC with nanoseconds, as OTLP backends and jq users expect."""
     secs, ns = divmod(wall_ns, 1_000_000_000)
-    return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"
+    return f"{_second(secs)}.{ns:09d}Z"
+
+
+def encode_event(ev: ProcessEvent, wall_ns: int | None = None) -> bytes:
+    """One event as compact JSON bytes (no newline): a JSONL line, a /stream ``data:``."""
+    return orjson.dumps(event_to_dict(ev, wall_ns))
 
 
 def parse_iso_time(text: str) -> int | None:

@@ -9,14 +9,13 @@ another sink.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import IO, Protocol
 
 from otel_linnix.events import ProcessEvent
-from otel_linnix.recording import event_to_dict
+from otel_linnix.recording import encode_event
 
 __all__ = ["JsonlWriter", "Sink", "SinkWorker"]
 
@@ -110,20 +109,18 @@ class SinkWorker:
 
 
 class JsonlWriter:
-    """Writes the recorded-event format (docs/events.md) to a text stream."""
+    """Writes the recorded-event format (docs/events.md) to a binary stream."""
 
     name = "jsonl"
 
-    def __init__(self, stream: IO[str], wall_ns: Callable[[int], int]) -> None:
+    def __init__(self, stream: IO[bytes], wall_ns: Callable[[int], int]) -> None:
         self._stream = stream
         self._wall_ns = wall_ns
 
     def emit(self, events: Sequence[ProcessEvent]) -> None:
-        lines = [
-            json.dumps(event_to_dict(ev, self._wall_ns(ev.ts_ns)), separators=(",", ":"))
-            for ev in events
-        ]
-        self._stream.write("\n".join(lines) + "\n")
+        offset = self._wall_ns(0)
+        lines = [encode_event(ev, ev.ts_ns + offset) for ev in events]
+        self._stream.write(b"\n".join(lines) + b"\n")
 
     def flush(self, timeout_s: float) -> None:
         self._stream.flush()

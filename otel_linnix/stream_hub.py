@@ -12,11 +12,12 @@ shared by every client (nothing is serialised when nobody listens).
 from __future__ import annotations
 
 import collections
-import json
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import orjson
 
 from otel_linnix.events import ProcessEvent
 from otel_linnix.recording import event_to_dict
@@ -58,8 +59,7 @@ class StreamItem:
 def _frame(seq: int, kind: str, data: dict[str, object]) -> bytes:
     # Bytes, built once: every client sends the same object, with no
     # per-client encoding copy.
-    text = json.dumps(data, separators=(",", ":"))
-    return f"id: {seq}\nevent: {kind}\ndata: {text}\n\n".encode()
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, kind.encode(), orjson.dumps(data))
 
 
 def _item_of(entry: ProcessEvent | StreamItem, wall_offset_ns: int) -> StreamItem:

@@ -10,6 +10,7 @@ from flask import Flask
 
 from otel_linnix.api import alerts, errors, health, processes, stream
 from otel_linnix.api.context import ApiContext
+from otel_linnix.api.json_provider import OrjsonProvider
 
 __all__ = ["ApiContext", "create_app"]
 
@@ -17,8 +18,8 @@ __all__ = ["ApiContext", "create_app"]
 def create_app(ctx: ApiContext) -> Flask:
     """The API over ``ctx``; the token (if any) comes from ``ctx.config.api``."""
     app = Flask("otel_linnix")
+    app.json = OrjsonProvider(app)
     app.config["LINNIX_TOKEN"] = ctx.config.api.auth_token
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["linnix"] = ctx
     errors.install(app)
     for module in (health, processes, stream, alerts):

@@ -174,7 +174,7 @@ def test_start_and_stop_are_idempotent(collecting_sink: CollectingSink) -> None:
 
 
 def test_jsonl_writer_writes_one_valid_line_per_event() -> None:
-    out = io.StringIO()
+    out = io.BytesIO()
     offset = 1_700_000_000_000_000_000
     writer = JsonlWriter(out, lambda ts: ts + offset)
     batch_a = [
@@ -196,7 +196,7 @@ def test_jsonl_writer_writes_one_valid_line_per_event() -> None:
     writer.emit(batch_a)
     writer.emit(batch_b)
     writer.shutdown(1.0)
-    lines = out.getvalue().split("\n")
+    lines = out.getvalue().decode().split("\n")
     assert lines[-1] == ""  # every line ends with a newline
     lines = lines[:-1]
     assert len(lines) == 3
