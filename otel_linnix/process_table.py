@@ -276,7 +276,10 @@ class ProcessTable:
     def _link(self, entry: _Entry, parent_key: ProcessKey) -> None:
         entry.parent_key = parent_key
         entry.ppid = parent_key.pid
-        self._children.setdefault(parent_key, set()).add(entry.key)
+        siblings = self._children.get(parent_key)
+        if siblings is None:
+            siblings = self._children[parent_key] = set()
+        siblings.add(entry.key)
 
     def _retire_older_holder(self, entry: _Entry, ts_ns: int) -> bool:
         """Retire the live holder of ``entry``'s pid if it started earlier.
