@@ -74,6 +74,7 @@ class TelemetryConfig:
     sample_interval_ms: int = field(default=1000, metadata=_spec(100, 60_000))
     sample_max_processes: int = field(default=20_000, metadata=_spec(1, 1_000_000))
     fd_limit_refresh_sweeps: int = field(default=30, metadata=_spec(1, 10_000))
+    fd_count_refresh_sweeps: int = field(default=5, metadata=_spec(1, 1000))
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ class Pipeline:
         sample_interval_s: float,
         sampler_max_processes: int = 20_000,
         fd_limit_refresh_sweeps: int = 30,
+        fd_count_refresh_sweeps: int = 5,
         capture_kernel_threads: bool = False,
         redactor: Redactor | None = None,
         fallback_reason: str | None = None,
@@ -93,6 +94,7 @@ class Pipeline:
             clock,
             max_processes=sampler_max_processes,
             fd_limit_refresh_sweeps=fd_limit_refresh_sweeps,
+            fd_count_refresh_sweeps=fd_count_refresh_sweeps,
         )
         self._sample_interval_s = sample_interval_s
         self._seq = 0

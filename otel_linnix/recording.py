@@ -45,7 +45,7 @@ _BOOL_FIELDS = ("argv_truncated", "core_dumped", "bootstrap", "kernel_thread")
 _OPT_STR_FIELDS = ("exe", "container_id", "container_runtime", "pod_uid")
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=8192)
 def _second(secs: int) -> str:
     # Formatting a date costs microseconds; events come thousands per second.
     return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")

@@ -2,9 +2,10 @@
 
 CPU time comes from the in-kernel accounting (one batched map read for all
 processes) when the kernel source runs, else from /proc/<pid>/stat. Per
-process a sweep reads /proc/<pid>/stat once and lists /proc/<pid>/fd; the fd
-soft limit changes rarely (prlimit), so it is re-read every
-``fd_limit_refresh_sweeps`` sweeps. A sweep covers at most
+process a sweep reads /proc/<pid>/stat once and lists /proc/<pid>/fd (every
+sweep for a process near its fd limit or gaining fds, every
+``fd_count_refresh_sweeps`` sweeps otherwise); the fd soft limit changes
+rarely (prlimit), so it is re-read every ``fd_limit_refresh_sweeps`` sweeps. A sweep covers at most
 ``max_processes`` processes, continuing round-robin on the next sweep, so
 its cost is bounded whatever the host runs.
 """
@@ -45,6 +46,7 @@ class Sampler:
         *,
         max_processes: int = 20_000,
         fd_limit_refresh_sweeps: int = 30,
+        fd_count_refresh_sweeps: int = 5,
     ) -> None:
         self._reader = reader
         self._table = table
@@ -52,8 +54,11 @@ class Sampler:
         self._clock = clock
         self._max = max_processes
         self._refresh = fd_limit_refresh_sweeps
+        self._fd_every = max(1, fd_count_refresh_sweeps)
         self._prev_cpu: dict[ProcessKey, tuple[int, int]] = {}
         self._fd_limits: dict[ProcessKey, tuple[int, int | None]] = {}
+        # key -> (fd count, the count before it, sweep it was listed at)
+        self._fd_counts: dict[ProcessKey, tuple[int, int, int]] = {}
         self._cursor = 0
         self._sweeps = 0
         self.last = SweepStats(0, 0, 0.0, 0.0, 0)
@@ -83,7 +88,7 @@ class Sampler:
                 cpu_time_ns=cpu_ns,
                 cpu_percent=self._cpu_percent(key, now, cpu_ns),
                 rss_bytes=stat.rss_bytes,
-                fd_count=self._reader.fd_count(pid),
+                fd_count=self._fd_count(key, pid, self._fd_limit(key, pid)),
                 fd_limit=self._fd_limit(key, pid),
                 threads=stat.num_threads,
                 state=stat.state,
@@ -107,6 +112,30 @@ class Sampler:
             return None
         return max(0.0, (cpu_ns - prev[1]) * 100.0 / (now - prev[0]))
 
+    def _fd_count(self, key: ProcessKey, pid: int, limit: int | None) -> int | None:
+        """Open fds, re-listed every sweep only where they matter.
+
+        Listing /proc/<pid>/fd is the most expensive read of a sweep. A process
+        using under a quarter of its limit, whose count did not grow at the
+        last listing, is re-listed every ``fd_count_refresh_sweeps`` sweeps
+        (staggered by pid); one near its limit or growing, every sweep.
+        """
+        known = self._fd_counts.get(key)
+        if known is not None:
+            count, previous, listed_at = known
+            calm = (limit is None or count * 4 < limit) and count <= previous
+            due = (
+                self._sweeps - listed_at >= self._fd_every
+                or (self._sweeps + pid) % self._fd_every == 0
+            )
+            if calm and not due:
+                return count
+        fresh = self._reader.fd_count(pid)
+        if fresh is not None:
+            previous_count = known[0] if known is not None else fresh
+            self._fd_counts[key] = (fresh, previous_count, self._sweeps)
+        return fresh
+
     def _fd_limit(self, key: ProcessKey, pid: int) -> int | None:
         cached = self._fd_limits.get(key)
         if cached is not None and self._sweeps - cached[0] < self._refresh:
@@ -117,6 +146,6 @@ class Sampler:
 
     def _forget_gone(self, live: set[ProcessKey]) -> None:
         """Drop per-process state of processes no longer live (bounded memory)."""
-        for cache in (self._prev_cpu, self._fd_limits):
+        for cache in (self._prev_cpu, self._fd_limits, self._fd_counts):
             for key in [k for k in cache if k not in live]:
                 del cache[key]

@@ -6,7 +6,6 @@ import fnmatch
 import os
 import re
 from collections.abc import Callable
-from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
@@ -20,12 +19,31 @@ __all__ = ["bp"]
 
 bp = Blueprint("processes", __name__)
 
-_SORT_KEYS: dict[str, Callable[[dict[str, Any]], float]] = {
-    "cpu": lambda p: p["cpu_percent"] or 0.0,
-    "rss": lambda p: p["rss_bytes"] or 0,
-    "fds": lambda p: p["open_fds"] or 0,
-    "age": lambda p: p["age_s"],
-    "pid": lambda p: p["pid"],
+
+def _cpu(info: ProcessInfo) -> float:
+    sample = info.sample
+    return (sample.cpu_percent or 0.0) if sample is not None else 0.0
+
+
+def _rss(info: ProcessInfo) -> int:
+    sample = info.sample
+    return (sample.rss_bytes or 0) if sample is not None else 0
+
+
+def _fds(info: ProcessInfo) -> int:
+    sample = info.sample
+    return (sample.fd_count or 0) if sample is not None else 0
+
+
+# Filters and sort keys read the snapshot, not the JSON: only the processes
+# that are returned are serialised (a limit of 20 of 5,000 builds 20 objects).
+_SORT_KEYS: dict[str, Callable[[ProcessInfo], float]] = {
+    "cpu": _cpu,
+    "rss": _rss,
+    "fds": _fds,
+    # The later a process started, the younger it is.
+    "age": lambda p: -p.start_time_ns,
+    "pid": lambda p: p.key.pid,
 }
 # Linnix spellings: sort=cpu_pct:desc, filter=cpu_pct>N
 _LINNIX_SORT = {"cpu_pct": "cpu", "mem_pct": "rss"}
@@ -45,37 +63,50 @@ def _glob(pattern: str) -> Callable[[str | None], bool]:
     )
 
 
-def _filters(ctx: ApiContext) -> list[Callable[[dict[str, Any]], bool]]:
-    checks: list[Callable[[dict[str, Any]], bool]] = []
+def _filters(ctx: ApiContext) -> list[Callable[[ProcessInfo], bool]]:
+    return _identity_filters(ctx) + _resource_filters(ctx)
+
+
+def _identity_filters(ctx: ApiContext) -> list[Callable[[ProcessInfo], bool]]:
+    checks: list[Callable[[ProcessInfo], bool]] = []
     if (comm := str_param("comm")) is not None:
         match_comm = _glob(comm)
-        checks.append(lambda p: match_comm(p["comm"]))
+        checks.append(lambda p: match_comm(p.comm))
     if (exe := str_param("exe")) is not None:
         match_exe = _glob(exe)
-        checks.append(lambda p: match_exe(p["exe"]))
+        checks.append(lambda p: match_exe(p.exe))
     if (container := str_param("container")) is not None:
         if container == "none":
-            checks.append(lambda p: p["container_id"] is None)
+            checks.append(lambda p: p.container_id is None)
         else:
-            checks.append(lambda p: (p["container_id"] or "").startswith(container))
+            checks.append(lambda p: (p.container_id or "").startswith(container))
     if (user := str_param("user")) is not None:
         if user.isascii() and user.isdigit():
             uid = int(user)
-            checks.append(lambda p: p["uid"] == uid)
+            checks.append(lambda p: p.uid == uid)
         else:
-            checks.append(lambda p: p["user"] == user)
+            checks.append(lambda p: ctx.users.name(p.uid) == user)
+    return checks
+
+
+def _resource_filters(ctx: ApiContext) -> list[Callable[[ProcessInfo], bool]]:
+    checks: list[Callable[[ProcessInfo], bool]] = []
     if (min_cpu := float_param("min_cpu", lo=0)) is not None:
-        checks.append(lambda p: (p["cpu_percent"] or 0.0) >= min_cpu)
+        checks.append(lambda p: _cpu(p) >= min_cpu)
     if (min_rss := int_param("min_rss")) is not None:
-        checks.append(lambda p: (p["rss_bytes"] or 0) >= min_rss)
+        checks.append(lambda p: _rss(p) >= min_rss)
     if (legacy := str_param("filter")) is not None:
         m = _LINNIX_FILTER.match(legacy)
         if m is None:
             raise ApiError(
                 400, f"query parameter 'filter': expected cpu_pct>N or mem_pct>N, got {legacy!r}"
             )
-        field, bound = m.group(1), float(m.group(2))
-        checks.append(lambda p: (p[field] or 0.0) > bound)
+        bound = float(m.group(2))
+        if m.group(1) == "cpu_pct":
+            checks.append(lambda p: _cpu(p) > bound)
+        else:
+            total = ctx.mem_total_bytes or 1
+            checks.append(lambda p: _rss(p) * 100.0 / total > bound)
     return checks
 
 
@@ -101,16 +132,15 @@ def list_processes() -> Response:
     sort_key, descending = _sort_spec()
     limit = int_param("limit", lo=1, hi=1_000_000)
     include_exited = str_param("include_exited") in ("1", "true", "yes")
-    now = ctx.boot_clock()
-    rows = [
-        process_json(info, ctx, now)
-        for info in ctx.pipeline.table.snapshot(include_exited=include_exited)
-    ]
-    rows = [p for p in rows if all(check(p) for check in checks)]
-    rows.sort(key=_SORT_KEYS[sort_key], reverse=descending)
+    infos = ctx.pipeline.table.snapshot(include_exited=include_exited)
+    if checks:
+        infos = [p for p in infos if all(check(p) for check in checks)]
+    infos.sort(key=_SORT_KEYS[sort_key], reverse=descending)
     if limit is not None:
-        rows = rows[:limit]
-    return jsonify(rows)
+        infos = infos[:limit]
+    now = ctx.boot_clock()
+    offset = ctx.wall_from_boot(0)
+    return jsonify([process_json(info, ctx, now, offset) for info in infos])
 
 
 def _find(pid: int) -> ProcessInfo:

@@ -38,17 +38,23 @@ def _state(info: ProcessInfo) -> str:
     return "unknown"
 
 
-def process_json(info: ProcessInfo, ctx: ApiContext, now_ns: int) -> dict[str, Any]:
-    """One process, live or exited, as /processes and /processes/<pid> return it."""
+def process_json(
+    info: ProcessInfo, ctx: ApiContext, now_ns: int, wall_offset_ns: int | None = None
+) -> dict[str, Any]:
+    """One process, live or exited, as /processes and /processes/<pid> return it.
+
+    ``wall_offset_ns`` (boot clock to Unix epoch) is read once per request by
+    callers serialising many processes.
+    """
     sample = info.sample
     end_ns = info.exit_ts_ns if info.exited and info.exit_ts_ns else now_ns
     age_s = max(0.0, (end_ns - info.start_time_ns) / 1e9)
     rss = sample.rss_bytes if sample else None
     cpu = sample.cpu_percent if sample else None
     mem_pct = rss * 100.0 / ctx.mem_total_bytes if rss is not None and ctx.mem_total_bytes else None
-    offset = ctx.wall_from_boot(0)
+    offset = ctx.wall_from_boot(0) if wall_offset_ns is None else wall_offset_ns
     return {
-        "pid": info.pid,
+        "pid": info.key.pid,
         "ppid": info.ppid,
         "start_time_ns": info.start_time_ns,
         "start_time": iso_time(info.start_time_ns + offset),

@@ -28,6 +28,7 @@ class ScriptedReader(ProcReader):
         self.fd_limits: dict[int, int] = {}
         self.stat_reads: list[int] = []
         self.limit_reads: collections.Counter[int] = collections.Counter()
+        self.fd_reads: collections.Counter[int] = collections.Counter()
 
     def add(
         self, pid: int, start_ticks: int, *, cpu_ns: int = 0, fds: int = 4, fd_limit: int = 1024
@@ -55,6 +56,7 @@ class ScriptedReader(ProcReader):
         return self.stats.get(pid)
 
     def fd_count(self, pid: int) -> int | None:
+        self.fd_reads[pid] += 1
         return self.fd_counts.get(pid)
 
     def fd_soft_limit(self, pid: int) -> int | None:
@@ -297,3 +299,28 @@ def test_sweep_over_the_fake_proc_tree(
     assert info.sample.fd_count == 4
     assert info.sample.threads == 3
     assert info.sample.state == "S"
+
+
+def test_fds_are_listed_every_sweep_only_where_they_matter(
+    reader: ScriptedReader, table: ProcessTable, clock: FakeClock, kernel_cpu: KernelCpu
+) -> None:
+    calm = reader.add(10, 5, fds=10, fd_limit=1024)  # far below its limit
+    near = reader.add(20, 5, fds=600, fd_limit=1024)  # above a quarter of it
+    growing = reader.add(30, 5, fds=10, fd_limit=1024)
+    for key in (calm, near, growing):
+        track(table, key)
+    sampler = sampler_for(reader, table, clock, kernel_cpu, fd_count_refresh_sweeps=5)
+    for sweep in range(10):
+        reader.fd_counts[30] = 10 + sweep  # one more fd every sweep
+        sampler.sweep()
+    assert reader.fd_reads[20] == 10
+    # Growth is seen at the first listing after it began (at most 5 sweeps
+    # on); from then on the process is listed every sweep.
+    assert reader.fd_reads[30] >= 6
+    # The calm one: the first sweep, then once every 5 sweeps.
+    assert 2 <= reader.fd_reads[10] <= 4
+    # A stale count is at most 5 sweeps old and still reported.
+    info = table.get(calm)
+    assert info is not None and info.sample is not None and info.sample.fd_count == 10
+    grown = table.get(growing)
+    assert grown is not None and grown.sample is not None and grown.sample.fd_count == 19
