@@ -68,6 +68,7 @@ def build_pipeline(config: Config, sinks: Sequence[SinkWorker] = ()) -> Pipeline
         sampler_max_processes=config.telemetry.sample_max_processes,
         fd_limit_refresh_sweeps=config.telemetry.fd_limit_refresh_sweeps,
         fd_count_refresh_sweeps=config.telemetry.fd_count_refresh_sweeps,
+        idle_refresh_sweeps=config.telemetry.idle_refresh_sweeps,
         capture_kernel_threads=config.capture.kernel_threads,
         redactor=(
             Redactor(config.privacy.redact_flags, config.privacy.redact_patterns)

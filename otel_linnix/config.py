@@ -75,6 +75,7 @@ class TelemetryConfig:
     sample_max_processes: int = field(default=20_000, metadata=_spec(1, 1_000_000))
     fd_limit_refresh_sweeps: int = field(default=30, metadata=_spec(1, 10_000))
     fd_count_refresh_sweeps: int = field(default=5, metadata=_spec(1, 1000))
+    idle_refresh_sweeps: int = field(default=10, metadata=_spec(1, 1000))
 
 
 @dataclass(frozen=True, slots=True)

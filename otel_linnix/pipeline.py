@@ -74,6 +74,7 @@ class Pipeline:
         sampler_max_processes: int = 20_000,
         fd_limit_refresh_sweeps: int = 30,
         fd_count_refresh_sweeps: int = 5,
+        idle_refresh_sweeps: int = 10,
         capture_kernel_threads: bool = False,
         redactor: Redactor | None = None,
         fallback_reason: str | None = None,
@@ -95,6 +96,7 @@ class Pipeline:
             max_processes=sampler_max_processes,
             fd_limit_refresh_sweeps=fd_limit_refresh_sweeps,
             fd_count_refresh_sweeps=fd_count_refresh_sweeps,
+            idle_refresh_sweeps=idle_refresh_sweeps,
         )
         self._sample_interval_s = sample_interval_s
         self._seq = 0

@@ -47,6 +47,7 @@ class Sampler:
         max_processes: int = 20_000,
         fd_limit_refresh_sweeps: int = 30,
         fd_count_refresh_sweeps: int = 5,
+        idle_refresh_sweeps: int = 10,
     ) -> None:
         self._reader = reader
         self._table = table
@@ -55,8 +56,11 @@ class Sampler:
         self._max = max_processes
         self._refresh = fd_limit_refresh_sweeps
         self._fd_every = max(1, fd_count_refresh_sweeps)
+        self._idle_every = max(1, idle_refresh_sweeps)
         self._prev_cpu: dict[ProcessKey, tuple[int, int]] = {}
         self._fd_limits: dict[ProcessKey, tuple[int, int | None]] = {}
+        # key -> (in-kernel CPU time, sample) at the last /proc read
+        self._read_at: dict[ProcessKey, tuple[int, ProcessSample]] = {}
         # key -> (fd count, the count before it, sweep it was listed at)
         self._fd_counts: dict[ProcessKey, tuple[int, int, int]] = {}
         self._cursor = 0
@@ -75,6 +79,11 @@ class Sampler:
         samples: dict[ProcessKey, ProcessSample] = {}
         vanished = 0
         for pid, key in live:
+            kernel = kernel_cpu.get(pid, -1) if kernel_cpu is not None else None
+            carried = self._carry_forward(key, pid, kernel)
+            if carried is not None:
+                samples[key] = carried
+                continue
             stat = self._reader.stat(pid)
             if stat is None or ProcessKey.of(pid, stat.start_time_ns) != key:
                 vanished += 1  # exited (or pid reused) since the table saw it
@@ -83,7 +92,7 @@ class Sampler:
             cpu_ns = stat.cpu_time_ns
             if kernel_cpu is not None and pid in kernel_cpu:
                 cpu_ns = max(cpu_ns, kernel_cpu[pid])
-            samples[key] = ProcessSample(
+            sample = ProcessSample(
                 ts_ns=now,
                 cpu_time_ns=cpu_ns,
                 cpu_percent=self._cpu_percent(key, now, cpu_ns),
@@ -93,6 +102,9 @@ class Sampler:
                 threads=stat.num_threads,
                 state=stat.state,
             )
+            samples[key] = sample
+            if kernel is not None:
+                self._read_at[key] = (kernel, sample)
         self._table.update_samples(samples)
         self._forget_gone(set(live_now.values()))
         self._sweeps += 1
@@ -104,6 +116,25 @@ class Sampler:
             sweeps=self._sweeps,
         )
         return self.last
+
+    def _carry_forward(self, key: ProcessKey, pid: int, kernel: int | None) -> ProcessSample | None:
+        """The last sample, re-dated, if the process has not run since it was read.
+
+        The in-kernel accounting says whether a process ran. One that did not
+        cannot have changed its threads, fds or state, nor (reclaim aside) its
+        RSS, so /proc is not read again; every ``idle_refresh_sweeps`` sweeps
+        (staggered by pid) it is, which also catches what reclaim did. On a
+        host where most processes sleep this removes most of a sweep's cost.
+        """
+        last = self._read_at.get(key)
+        if kernel is None or last is None or last[0] != kernel:
+            return None
+        if (self._sweeps + pid) % self._idle_every == 0:
+            return None
+        now = self._clock()
+        sample = last[1]
+        self._prev_cpu[key] = (now, sample.cpu_time_ns or 0)
+        return sample._replace(ts_ns=now, cpu_percent=0.0)
 
     def _cpu_percent(self, key: ProcessKey, now: int, cpu_ns: int) -> float | None:
         prev = self._prev_cpu.get(key)
@@ -146,6 +177,6 @@ class Sampler:
 
     def _forget_gone(self, live: set[ProcessKey]) -> None:
         """Drop per-process state of processes no longer live (bounded memory)."""
-        for cache in (self._prev_cpu, self._fd_limits, self._fd_counts):
+        for cache in (self._prev_cpu, self._fd_limits, self._fd_counts, self._read_at):
             for key in [k for k in cache if k not in live]:
                 del cache[key]

@@ -30,14 +30,6 @@ STATE_NAMES = {
 }
 
 
-def _state(info: ProcessInfo) -> str:
-    if info.exited:
-        return "exited"
-    if info.sample is not None and info.sample.state:
-        return STATE_NAMES.get(info.sample.state, info.sample.state)
-    return "unknown"
-
-
 def process_json(
     info: ProcessInfo, ctx: ApiContext, now_ns: int, wall_offset_ns: int | None = None
 ) -> dict[str, Any]:
@@ -46,50 +38,85 @@ def process_json(
     ``wall_offset_ns`` (boot clock to Unix epoch) is read once per request by
     callers serialising many processes.
     """
-    sample = info.sample
-    end_ns = info.exit_ts_ns if info.exited and info.exit_ts_ns else now_ns
-    age_s = max(0.0, (end_ns - info.start_time_ns) / 1e9)
-    rss = sample.rss_bytes if sample else None
-    cpu = sample.cpu_percent if sample else None
-    mem_pct = rss * 100.0 / ctx.mem_total_bytes if rss is not None and ctx.mem_total_bytes else None
+    # One unpacking into locals: this runs for every process of a listing.
+    (
+        key,
+        ppid,
+        _parent,
+        start,
+        comm,
+        exe,
+        argv,
+        argv_truncated,
+        uid,
+        gid,
+        cgroup_id,
+        container_id,
+        container_runtime,
+        pod_uid,
+        kernel_thread,
+        bootstrap,
+        source,
+        _execs,
+        exited,
+        exit_ts,
+        exit_code,
+        exit_signal,
+        core_dumped,
+        _inferred,
+        exit_cpu_ns,
+        _peak,
+        oom_killed,
+        sample,
+    ) = info
+    if sample is not None:
+        _ts, cpu_time_ns, cpu, rss, fds, fd_limit, threads, letter = sample
+    else:
+        cpu_time_ns, cpu, rss, fds, fd_limit, threads, letter = exit_cpu_ns, *_NO_SAMPLE
+    age_s = max(0.0, ((exit_ts if exited and exit_ts else now_ns) - start) / 1e9)
+    total = ctx.mem_total_bytes
     offset = ctx.wall_from_boot(0) if wall_offset_ns is None else wall_offset_ns
+    state = "exited" if exited else STATE_NAMES.get(letter, letter) if letter else "unknown"
     return {
-        "pid": info.key.pid,
-        "ppid": info.ppid,
-        "start_time_ns": info.start_time_ns,
-        "start_time": iso_time(info.start_time_ns + offset),
-        "comm": info.comm,
-        "exe": info.exe,
-        "argv": list(info.argv) if info.argv is not None else None,
-        "argv_truncated": info.argv_truncated,
-        "uid": info.uid,
-        "gid": info.gid,
-        "user": ctx.users.name(info.uid),
-        "container_id": info.container_id,
-        "container_runtime": info.container_runtime,
-        "pod_uid": info.pod_uid,
-        "cgroup_id": info.cgroup_id,
+        "pid": key.pid,
+        "ppid": ppid,
+        "start_time_ns": start,
+        "start_time": iso_time(start + offset),
+        "comm": comm,
+        "exe": exe,
+        "argv": list(argv) if argv is not None else None,
+        "argv_truncated": argv_truncated,
+        "uid": uid,
+        "gid": gid,
+        "user": ctx.users.name(uid),
+        "container_id": container_id,
+        "container_runtime": container_runtime,
+        "pod_uid": pod_uid,
+        "cgroup_id": cgroup_id,
         "cpu_percent": cpu,
         "cpu_pct": cpu,
-        "cpu_time_ns": sample.cpu_time_ns if sample else info.cpu_time_ns,
+        "cpu_time_ns": cpu_time_ns,
         "rss_bytes": rss,
-        "mem_pct": mem_pct,
-        "open_fds": sample.fd_count if sample else None,
-        "fd_limit": sample.fd_limit if sample else None,
-        "threads": sample.threads if sample else None,
-        "state": _state(info),
+        "mem_pct": rss * 100.0 / total if rss is not None and total else None,
+        "open_fds": fds,
+        "fd_limit": fd_limit,
+        "threads": threads,
+        "state": state,
         "age_s": age_s,
         "age_sec": int(age_s),
-        "bootstrap": info.bootstrap,
-        "kernel_thread": info.kernel_thread,
-        "source": info.source.value,
-        "exited": info.exited,
-        "exit_code": info.exit_code,
-        "exit_signal": info.exit_signal,
-        "core_dumped": info.core_dumped,
-        "exit_time": iso_time(info.exit_ts_ns + offset) if info.exit_ts_ns else None,
-        "oom_killed": info.oom_killed,
+        "bootstrap": bootstrap,
+        "kernel_thread": kernel_thread,
+        "source": source.value,
+        "exited": exited,
+        "exit_code": exit_code,
+        "exit_signal": exit_signal,
+        "core_dumped": core_dumped,
+        "exit_time": iso_time(exit_ts + offset) if exit_ts else None,
+        "oom_killed": oom_killed,
     }
+
+
+_NO_SAMPLE = (None, None, None, None, None, None)
 
 
 def _node(info: ProcessInfo, relationship: str, level: int) -> dict[str, Any]:

@@ -414,6 +414,12 @@ class BpfSource:
                 totals[int(k.value)] = int(v.value)
         now = self._clock()
         for cur in bpf[b"oncpu_now"][ctypes.c_int(0)]:
-            if cur.tgid and cur.tgid in totals and now > cur.since_ns:
-                totals[cur.tgid] += now - cur.since_ns
+            if cur.tgid and now > cur.since_ns:
+                running = now - cur.since_ns
+                if cur.tgid in totals:
+                    totals[cur.tgid] += running
+                else:
+                    # Running since before it was ever switched out: its
+                    # runtime at switch-in plus the slice so far.
+                    totals[cur.tgid] = cur.rt_in + running
         return totals

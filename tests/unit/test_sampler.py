@@ -324,3 +324,43 @@ def test_fds_are_listed_every_sweep_only_where_they_matter(
     assert info is not None and info.sample is not None and info.sample.fd_count == 10
     grown = table.get(growing)
     assert grown is not None and grown.sample is not None and grown.sample.fd_count == 19
+
+
+def test_a_process_that_did_not_run_is_not_read_again(
+    reader: ScriptedReader, table: ProcessTable, clock: FakeClock, kernel_cpu: KernelCpu
+) -> None:
+    sleeper = reader.add(40, 5, cpu_ns=7 * MS)
+    busy = reader.add(41, 5, cpu_ns=7 * MS)
+    track(table, sleeper)
+    track(table, busy)
+    kernel_cpu.values = {40: 7 * MS, 41: 7 * MS}
+    sampler = sampler_for(reader, table, clock, kernel_cpu, idle_refresh_sweeps=10)
+    for sweep in range(11):
+        clock.now_ns += S
+        kernel_cpu.values = {40: 7 * MS, 41: 7 * MS + (sweep + 1) * 100 * MS}
+        reader.set_cpu(41, kernel_cpu.values[41])
+        sampler.sweep()
+    reads = collections.Counter(reader.stat_reads)
+    assert reads[41] == 11  # it ran every time: read every time
+    # The sleeper: the first sweep, then ten sweeps later (staggered by pid).
+    assert reads[40] == 2
+    info = table.get(sleeper)
+    assert info is not None and info.sample is not None
+    assert info.sample.ts_ns == clock.now_ns  # re-dated, not stale
+    assert info.sample.cpu_percent == 0.0
+    assert info.sample.rss_bytes == 8192 * 40
+    running = table.get(busy)
+    assert running is not None and running.sample is not None
+    assert running.sample.cpu_percent == pytest.approx(10.0)
+
+
+def test_without_kernel_accounting_every_process_is_read(
+    reader: ScriptedReader, table: ProcessTable, clock: FakeClock, kernel_cpu: KernelCpu
+) -> None:
+    key = reader.add(42, 5)
+    track(table, key)
+    sampler = sampler_for(reader, table, clock, kernel_cpu)
+    for _ in range(3):
+        clock.now_ns += S
+        sampler.sweep()
+    assert collections.Counter(reader.stat_reads)[42] == 3
