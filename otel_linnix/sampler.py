@@ -22,6 +22,8 @@ from otel_linnix.sources.procfs import ProcReader
 
 __all__ = ["Sampler", "SweepStats"]
 
+_YIELD_EVERY = 64
+
 
 @dataclass(frozen=True, slots=True)
 class SweepStats:
@@ -78,7 +80,11 @@ class Sampler:
             self._cursor = start + self._max
         samples: dict[ProcessKey, ProcessSample] = {}
         vanished = 0
-        for pid, key in live:
+        for n, (pid, key) in enumerate(live, start=1):
+            if n % _YIELD_EVERY == 0:
+                # Let API requests in: a sweep over thousands of processes
+                # would otherwise hold the interpreter for tens of ms.
+                time.sleep(0)
             kernel = kernel_cpu.get(pid, -1) if kernel_cpu is not None else None
             carried = self._carry_forward(key, pid, kernel)
             if carried is not None:
@@ -134,7 +140,9 @@ class Sampler:
         now = self._clock()
         sample = last[1]
         self._prev_cpu[key] = (now, sample.cpu_time_ns or 0)
-        return sample._replace(ts_ns=now, cpu_percent=0.0)
+        # (ts_ns, cpu_time_ns, cpu_percent, ...): re-dated, 0 % CPU, the rest kept;
+        # built directly because _replace costs several times more.
+        return tuple.__new__(ProcessSample, (now, sample[1], 0.0, *sample[3:]))
 
     def _cpu_percent(self, key: ProcessKey, now: int, cpu_ns: int) -> float | None:
         prev = self._prev_cpu.get(key)
