@@ -120,27 +120,52 @@ _NO_SAMPLE = (None, None, None, None, None, None)
 
 
 def _node(info: ProcessInfo, relationship: str, level: int) -> dict[str, Any]:
-    if info.exited:
+    (
+        key,
+        ppid,
+        _parent,
+        start,
+        comm,
+        exe,
+        _argv,
+        _trunc,
+        uid,
+        gid,
+        _cgroup,
+        container_id,
+        _runtime,
+        _pod,
+        _kthread,
+        bootstrap,
+        _source,
+        exec_count,
+        exited,
+        _exit_ts,
+        exit_code,
+        exit_signal,
+        *_rest,
+    ) = info
+    if exited:
         event_type = "exit"
-    elif info.exec_count or info.bootstrap:
+    elif exec_count or bootstrap:
         event_type = "exec"
     else:
         event_type = "fork"
     return {
-        "pid": info.pid,
-        "ppid": info.ppid,
-        "start_time_ns": info.start_time_ns,
-        "comm": info.comm,
-        "exe": info.exe,
-        "uid": info.uid,
-        "gid": info.gid,
+        "pid": key.pid,
+        "ppid": ppid,
+        "start_time_ns": start,
+        "comm": comm,
+        "exe": exe,
+        "uid": uid,
+        "gid": gid,
         "event_type": event_type,
         "relationship": relationship,
         "level": level,
-        "exited": info.exited,
-        "exit_code": info.exit_code,
-        "exit_signal": info.exit_signal,
-        "container_id": info.container_id,
+        "exited": exited,
+        "exit_code": exit_code,
+        "exit_signal": exit_signal,
+        "container_id": container_id,
     }
 
 
