@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
+import json
 import logging
 import signal
 import sys
@@ -176,6 +178,28 @@ class _PrintingSink:
             self.emit(ev)
 
 
+def _recording_wall_offset(path: str) -> int | None:
+    """Boot clock -> wall clock of the machine that recorded ``path``, from
+    the first line carrying both; None when there is none (times then show
+    as seconds since that machine booted)."""
+    from otel_linnix.recording import parse_iso_time  # noqa: PLC0415
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in itertools.islice(fh, 1000):
+                try:
+                    obj = json.loads(line)
+                    wall = parse_iso_time(obj["time"]) if obj.get("time") else None
+                except (ValueError, TypeError, AttributeError, KeyError):
+                    continue
+                ts_ns = obj.get("ts_ns")
+                if wall is not None and isinstance(ts_ns, int):
+                    return wall - ts_ns
+    except OSError:
+        return None  # reported by the replay itself
+    return None
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from otel_linnix.recording import encode_event  # noqa: PLC0415
     from otel_linnix.sources.replay import ReplaySource  # noqa: PLC0415
@@ -187,11 +211,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     out: IO[str] = sys.stdout
     colour = out.isatty() and not args.no_color
 
+    wall_offset = _recording_wall_offset(args.file)
+
     def emit(ev: ProcessEvent) -> None:
         if args.json:
             out.write(encode_event(ev).decode() + "\n")
         elif not args.quiet:
-            out.write(event_line(ev, colour=colour) + "\n")
+            wall = ev.ts_ns + wall_offset if wall_offset is not None else None
+            out.write(event_line(ev, wall, colour=colour) + "\n")
 
     source = ReplaySource(args.file)
     try:
