@@ -6,9 +6,10 @@ import pwd
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from otel_linnix.config import Config
+from otel_linnix.events import ProcessKey
 from otel_linnix.pipeline import Pipeline
 from otel_linnix.stream_hub import StreamHub
 
@@ -68,6 +69,8 @@ class ApiContext:
     alert_source: AlertSource = field(default_factory=NoAlerts)
     users: UserNames = field(default_factory=UserNames)
     mem_total_bytes: int = field(default_factory=_mem_total_bytes)
+    # ProcessKey -> (what the object was built from, the /processes object)
+    json_cache: dict[ProcessKey, tuple[object, dict[str, Any]]] = field(default_factory=dict)
     version: str = "0.1.0"
 
     def wall_from_boot(self, ts_ns: int) -> int:

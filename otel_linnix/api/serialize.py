@@ -13,7 +13,7 @@ from otel_linnix.api.context import ApiContext
 from otel_linnix.process_table import ProcessInfo, ProcessTable
 from otel_linnix.recording import iso_time
 
-__all__ = ["STATE_NAMES", "graph_json", "process_json"]
+__all__ = ["STATE_NAMES", "graph_json", "listed_processes_json", "process_json"]
 
 # /proc state letters as words (the OTel process.state values where they exist).
 STATE_NAMES = {
@@ -117,6 +117,37 @@ def process_json(
 
 
 _NO_SAMPLE = (None, None, None, None, None, None)
+
+
+def listed_processes_json(
+    infos: list[ProcessInfo], ctx: ApiContext, now_ns: int, wall_offset_ns: int
+) -> list[dict[str, Any]]:
+    """``process_json`` for many processes, reusing what did not change.
+
+    A process whose facts and last sample (its timestamp aside) are what they
+    were at the previous listing gets a copy of that listing's object with a
+    new age: most processes on a host are idle between two requests, and
+    building the object is most of the cost of /processes.
+    """
+    cache = ctx.json_cache
+    if len(cache) > 2 * len(infos) + 1024:
+        cache.clear()  # bounded: entries of gone processes go with it
+    out = []
+    for info in infos:
+        sample = info.sample
+        tag = (info[1:27], sample[1:] if sample is not None else None)
+        hit = cache.get(info.key)
+        if hit is not None and hit[0] == tag:
+            obj = hit[1].copy()
+            end = info.exit_ts_ns if info.exited and info.exit_ts_ns else now_ns
+            age_s = max(0.0, (end - info.start_time_ns) / 1e9)
+            obj["age_s"] = age_s
+            obj["age_sec"] = int(age_s)
+        else:
+            obj = process_json(info, ctx, now_ns, wall_offset_ns)
+            cache[info.key] = (tag, obj.copy())
+        out.append(obj)
+    return out
 
 
 def _node(info: ProcessInfo, relationship: str, level: int) -> dict[str, Any]:

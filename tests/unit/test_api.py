@@ -23,9 +23,12 @@ from typing import Any, Protocol
 import pytest
 from flask.testing import FlaskClient
 
+from otel_linnix.api.context import UserNames
+from otel_linnix.api.serialize import listed_processes_json
 from otel_linnix.api.server import ApiServer
 from otel_linnix.config import Config
 from otel_linnix.events import EventKind, ProcessEvent
+from otel_linnix.process_table import ProcessSample, ProcessTable
 from tests.unit.api_stack import (
     CLOCK_NS,
     DOCKER_ID,
@@ -1034,3 +1037,49 @@ def test_server_stop_ends_open_streams(served: ApiStack) -> None:
         ended = sse.ended(2.0)
     assert ended, "the stream was still open 2 s after ApiServer.stop() returned"
     assert stop_s < 2.0
+
+
+def test_a_second_listing_reuses_unchanged_objects_with_a_fresh_age() -> None:
+    # Unchanged processes are served from the previous listing's objects:
+    # same content, a new age; a process whose sample changed is rebuilt.
+
+    table = ProcessTable()
+    for pid in (10, 11):
+        table.apply(make_event(EventKind.EXEC, pid, pid * 1_000_000_000, comm=f"p{pid}"))
+    keys = table.live_keys()
+    table.update_samples(
+        {
+            keys[10]: ProcessSample(1, 5, 1.0, 4096, 3, 1024, 1, "S"),
+            keys[11]: ProcessSample(1, 5, 1.0, 4096, 3, 1024, 1, "S"),
+        }
+    )
+
+    class Ctx:
+        """The parts of ApiContext the serialiser reads."""
+
+        def __init__(self) -> None:
+            self.json_cache: dict[object, object] = {}
+            self.mem_total_bytes = 1 << 30
+            self.users = UserNames()
+
+        def wall_from_boot(self, ts: int) -> int:
+            return ts
+
+    ctx = Ctx()
+    first = listed_processes_json(table.snapshot(), ctx, 100 * 10**9, 0)  # type: ignore[arg-type]
+    table.update_samples(
+        {
+            keys[10]: ProcessSample(2, 5, 1.0, 4096, 3, 1024, 1, "S"),
+            keys[11]: ProcessSample(2, 9, 4.0, 8192, 3, 1024, 1, "R"),
+        }
+    )
+    second = listed_processes_json(table.snapshot(), ctx, 101 * 10**9, 0)  # type: ignore[arg-type]
+    a1, b1 = sorted(first, key=lambda p: p["pid"])
+    a2, b2 = sorted(second, key=lambda p: p["pid"])
+    assert a2["age_s"] == a1["age_s"] + 1.0
+    assert {k: v for k, v in a2.items() if not k.startswith("age")} == {
+        k: v for k, v in a1.items() if not k.startswith("age")
+    }
+    assert a2 is not a1
+    assert (b2["cpu_percent"], b2["rss_bytes"], b2["state"]) == (4.0, 8192, "running")
+    assert (b1["cpu_percent"], b1["rss_bytes"], b1["state"]) == (1.0, 4096, "sleeping")
