@@ -270,6 +270,7 @@ class BpfSource:
         self._decode_errors = 0
         self._sink_errors = 0
         self._final_counters: dict[str, int] = {}
+        self._batch_failure_logged = False
 
     def program(self) -> BpfProgram:
         """The program this source would load (BTF offsets resolved)."""
@@ -407,9 +408,18 @@ class BpfSource:
         totals: dict[int, int] = {}
         cpu_map = bpf[b"cpu_ns"]
         try:
+            # Batched: elements of ctypes arrays of plain integers come back
+            # as Python ints.
             for k, v in cpu_map.items_lookup_batch():
-                totals[int(k.value)] = int(v.value)
-        except Exception:  # noqa: BLE001 - kernels without batch ops: fall back to iteration
+                totals[int(k)] = int(v)
+        except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception; fall back
+            if not self._batch_failure_logged:
+                self._batch_failure_logged = True
+                log.warning(
+                    "batched read of the CPU map failed (%r); reading it entry "
+                    "by entry, which costs more",
+                    exc,
+                )
             for k, v in cpu_map.items():
                 totals[int(k.value)] = int(v.value)
         now = self._clock()
