@@ -42,7 +42,9 @@ from bench.common import (
     SpawnedChild,
     SpawnRound,
     Spread,
+    add_side_by_side_args,
     agent_status,
+    bench_parser,
     fraction,
     host_forks,
     print_table,
@@ -472,29 +474,13 @@ def main_body(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.capture",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = bench_parser("bench.capture", __doc__)
     p.add_argument("--duration", type=float, default=30.0, help="seconds of spawning per run")
     p.add_argument("--runs", type=int, default=3, help="runs (CPU reported as median)")
     p.add_argument("--workers", type=int, default=2, help="spawner workers")
     p.add_argument("--batch", type=int, default=2000, help="children per spawner round")
-    p.add_argument(
-        "--settle",
-        type=float,
-        default=1.0,
-        help="seconds between both tools being ready and the workload",
-    )
-    p.add_argument(
-        "--grace",
-        type=float,
-        default=1.0,
-        help="seconds after the workload before the tools are stopped",
-    )
+    add_side_by_side_args(p)
     p.add_argument("--quick", action="store_true", help="one run of 5 s")
-    p.add_argument("--keep", action="store_true", help="keep recordings and logs")
     return p
 
 

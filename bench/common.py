@@ -45,8 +45,10 @@ __all__ = [
     "SpawnRound",
     "SpawnedChild",
     "Spread",
+    "add_side_by_side_args",
     "agent_env",
     "agent_status",
+    "bench_parser",
     "boot_ns",
     "children_cpu_s",
     "cpu_seconds",
@@ -527,6 +529,33 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[obje
 
 def report_target(name: str, met: bool, detail: str) -> None:
     print(f"target {name}: {'met' if met else 'NOT MET'} ({detail})")
+
+
+def bench_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser every benchmark starts from, with ``--keep``."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--keep", action="store_true", help="keep recordings and logs")
+    return p
+
+
+def add_side_by_side_args(p: argparse.ArgumentParser) -> None:
+    """``--settle`` and ``--grace`` of the benchmarks that run tools around a workload."""
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        help="seconds between both tools being ready and the workload",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=1.0,
+        help="seconds after the workload before the tools are stopped",
+    )
 
 
 def run_bench(

@@ -24,7 +24,9 @@ from bench.common import (
     ManagedProcess,
     SpawnRound,
     Spread,
+    add_side_by_side_args,
     agent_status,
+    bench_parser,
     fraction,
     print_table,
     read_recording,
@@ -201,29 +203,13 @@ def main_body(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.coverage",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = bench_parser("bench.coverage", __doc__)
     p.add_argument("--count", type=int, default=3000, help="short-lived children per run")
     p.add_argument("--workers", type=int, default=2, help="spawner workers")
     p.add_argument("--runs", type=int, default=3, help="runs")
     p.add_argument("--interval", type=float, default=1.0, help="poller sweep interval, s")
-    p.add_argument(
-        "--settle",
-        type=float,
-        default=1.0,
-        help="seconds between both tools being ready and the workload",
-    )
-    p.add_argument(
-        "--grace",
-        type=float,
-        default=1.0,
-        help="seconds after the workload before the tools are stopped",
-    )
+    add_side_by_side_args(p)
     p.add_argument("--quick", action="store_true", help="one run of 1,000 children")
-    p.add_argument("--keep", action="store_true", help="keep recordings and logs")
     return p
 
 
