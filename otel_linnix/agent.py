@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 import time
 from collections.abc import Sequence
 
@@ -14,6 +15,9 @@ from otel_linnix.errors import CaptureUnavailable, ConfigError
 from otel_linnix.pipeline import Pipeline
 from otel_linnix.process_table import ProcessTable
 from otel_linnix.redaction import Redactor
+from otel_linnix.rules.alerts import Alert, AlertStore
+from otel_linnix.rules.engine import RulesEngine
+from otel_linnix.rules.loader import load_rules
 from otel_linnix.sinks import SinkWorker
 from otel_linnix.sources.base import Source
 from otel_linnix.sources.bpf import BpfSource
@@ -25,7 +29,8 @@ __all__ = ["Agent", "build_pipeline", "choose_source"]
 
 log = logging.getLogger(__name__)
 
-_GC_YOUNG_THRESHOLD = 50_000
+# Collector thresholds while running (see start); benchmarks use the same.
+GC_THRESHOLDS = (50_000, 20, 50)
 
 
 def choose_source(config: Config, reader: ProcReader) -> tuple[Source, str | None]:
@@ -88,12 +93,15 @@ def wall_from_boot(ts_ns: int) -> int:
 
 
 class Agent:
-    """Everything ``otel-linnix run`` runs: pipeline, /stream hub, HTTP API."""
+    """Everything ``otel-linnix run`` runs: pipeline, rules, /stream hub, HTTP API."""
 
     def __init__(self, config: Config, extra_sinks: Sequence[SinkWorker] = ()) -> None:
         from otel_linnix.api import ApiContext, create_app  # noqa: PLC0415 - Flask at the edge
+        from otel_linnix.api.context import UserNames  # noqa: PLC0415
         from otel_linnix.api.server import ApiServer  # noqa: PLC0415
 
+        # Rules first: a bad rules file is a start-up error before anything loads.
+        ruleset = load_rules(config.rules_path()) if config.rules.enabled else None
         api = config.api
         self.hub = StreamHub(
             api.stream_backlog_events,
@@ -102,7 +110,28 @@ class Agent:
             wall_from_boot,
         )
         self.pipeline = build_pipeline(config, [SinkWorker(self.hub), *extra_sinks])
-        self.context = ApiContext(config, self.pipeline, self.hub, boottime_ns)
+        self.alerts = AlertStore(lambda: wall_from_boot(0))
+        self.rules: RulesEngine | None = None
+        if ruleset is not None:
+            users = UserNames()
+            self.rules = RulesEngine(
+                ruleset.enabled,
+                self.pipeline.table,
+                users=users.name,
+                on_alert=self._deliver_alert,
+                host=socket.gethostname(),
+            )
+            self.pipeline.sinks.append(SinkWorker(self.rules))
+            self.pipeline.add_sweep_listener(self.rules.observe_sweep)
+            log.info(
+                "rules: %d enabled of %d from %s",
+                len(ruleset.enabled),
+                len(ruleset.rules),
+                ", ".join(ruleset.files),
+            )
+        self.context = ApiContext(
+            config, self.pipeline, self.hub, boottime_ns, alert_source=self.alerts
+        )
         try:
             self.api = ApiServer(create_app(self.context), api.bind_address, api.max_stream_clients)
         except OSError as exc:
@@ -110,6 +139,20 @@ class Agent:
             raise ConfigError(
                 f"[api] bind_address: cannot listen on {api.bind_address}: {exc.strerror}"
             ) from None
+
+    def _deliver_alert(self, alert: Alert) -> None:
+        """An alert transition: to /alerts, and to /stream as an ``alert`` event."""
+        alert.seq = self.pipeline.reserve_seq()
+        data = self.alerts.record(alert)
+        self.hub.publish(alert.seq, "alert", data)
+        log.warning(
+            "alert %s %s [%s] %s: %s",
+            alert.state,
+            alert.rule,
+            alert.severity.label,
+            alert.subject.key,
+            alert.message,
+        )
 
     def start(self) -> None:
         # The API first: /health and /readyz answer while the walk runs.
@@ -122,7 +165,7 @@ class Agent:
         # collection over the whole process table runs every few thousand
         # events and stalls API requests for tens of milliseconds.
         gc.freeze()
-        gc.set_threshold(_GC_YOUNG_THRESHOLD, 20, 50)
+        gc.set_threshold(*GC_THRESHOLDS)
 
     def stop(self, timeout_s: float = 1.8) -> None:
         deadline = time.monotonic() + timeout_s

@@ -23,6 +23,7 @@ from otel_linnix.errors import EX_DATAERR, EX_SOFTWARE, DataError, LinnixError, 
 from otel_linnix.events import ProcessEvent
 from otel_linnix.pipeline import AgentStatus, Pipeline
 from otel_linnix.process_table import ProcessTable
+from otel_linnix.rules_cli import add_rules_commands
 from otel_linnix.sinks import JsonlWriter, SinkWorker
 
 __all__ = ["main"]
@@ -143,6 +144,8 @@ def cmd_record(args: argparse.Namespace) -> int:
         writer = JsonlWriter(out, wall_from_boot)
         sink = SinkWorker(_BootstrapFilter(writer) if args.no_bootstrap else writer)
         pipeline = _build(config, [sink])
+        if args.samples:
+            pipeline.add_sweep_listener(writer.write_sweep)
         with _stop_on_signals() as stop:
             pipeline.start()
             log.info(
@@ -178,14 +181,14 @@ class _PrintingSink:
             self.emit(ev)
 
 
-def _recording_wall_offset(path: str) -> int | None:
+def recording_wall_offset(path: str) -> int | None:
     """Boot clock -> wall clock of the machine that recorded ``path``, from
     the first line carrying both; None when there is none (times then show
     as seconds since that machine booted)."""
-    from otel_linnix.recording import parse_iso_time  # noqa: PLC0415
+    from otel_linnix.recording import open_recording, parse_iso_time  # noqa: PLC0415
 
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        with open_recording(path) as fh:
             for line in itertools.islice(fh, 1000):
                 try:
                     obj = json.loads(line)
@@ -211,7 +214,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     out: IO[str] = sys.stdout
     colour = out.isatty() and not args.no_color
 
-    wall_offset = _recording_wall_offset(args.file)
+    wall_offset = recording_wall_offset(args.file)
 
     def emit(ev: ProcessEvent) -> None:
         if args.json:
@@ -279,6 +282,11 @@ def _parser() -> argparse.ArgumentParser:
         help="stop after S seconds (default: until interrupted)",
     )
     rec.add_argument(
+        "--samples",
+        action="store_true",
+        help="also record every sampler sweep (per-process CPU, memory, fds; host pressure)",
+    )
+    rec.add_argument(
         "--no-bootstrap",
         action="store_true",
         help="leave out the processes that were running at start-up",
@@ -290,6 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--quiet", action="store_true", help="print only the summary")
     rep.add_argument("--no-color", action="store_true")
     rep.set_defaults(func=cmd_replay)
+    add_rules_commands(sub, with_config)
     bpf = sub.add_parser("bpf", help="eBPF program tools")
     bpf_sub = bpf.add_subparsers(dest="bpf_command", required=True, metavar="COMMAND")
     with_config(

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from otel_linnix.client import AgentClient, ClientError
-from otel_linnix.console import event_line
+from otel_linnix.console import event_line, one_line
 from otel_linnix.errors import DataError
 from otel_linnix.recording import event_from_dict, parse_iso_time
 
@@ -50,7 +50,8 @@ def _alert_line(alert: dict[str, Any], colour: bool) -> str:
     subject = alert.get("subject") or {}
     who = f" pid={subject.get('pid')} {subject.get('comm', '')}" if subject.get("pid") else ""
     state = f" ({alert['state']})" if alert.get("state") else ""
-    return f"[{label}] {alert.get('rule', '?')}{state}{who} - {alert.get('message', '')}"
+    text = one_line(f"{alert.get('rule', '?')}{state}{who} - {alert.get('message', '')}")
+    return f"[{label}] {text}"
 
 
 def cmd_stream(client: AgentClient, args: argparse.Namespace, colour: bool) -> int:
@@ -98,7 +99,7 @@ def cmd_processes(client: AgentClient, args: argparse.Namespace, _colour: bool) 
         cpu = "-" if p["cpu_percent"] is None else f"{p['cpu_percent']:.1f}"
         fds = "-" if p["open_fds"] is None else str(p["open_fds"])
         thr = "-" if p["threads"] is None else str(p["threads"])
-        cmd = " ".join(p["argv"]) if p["argv"] else f"[{p['comm']}]"
+        cmd = one_line(" ".join(p["argv"]) if p["argv"] else f"[{p['comm']}]")
         user = p["user"] or str(p["uid"])
         print(
             f"{p['pid']:>7} {p['ppid']:>7} {user[:10]:<10} {cpu:>6} {_mib(p['rss_bytes']):>8} "
@@ -132,7 +133,7 @@ def cmd_tree(client: AgentClient, args: argparse.Namespace, _colour: bool) -> in
                 if n["exit_signal"] is not None
                 else f" [exited: status {n['exit_code']}]"
             )
-        return f"{n['pid']} {n['comm'] or ''}{ended}{mark}"
+        return f"{n['pid']} {one_line(n['comm'] or '')}{ended}{mark}"
 
     def walk(n: dict[str, Any], prefix: str, last: bool, top: bool) -> None:
         print(label(n) if top else f"{prefix}{'└── ' if last else '├── '}{label(n)}")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import signal
 from datetime import datetime
 
 from otel_linnix.events import EventKind, ProcessEvent
 
-__all__ = ["describe_exit", "event_line"]
+__all__ = ["describe_exit", "event_line", "one_line"]
 
 _COLOURS = {
     EventKind.FORK: "\033[36m",
@@ -17,6 +18,15 @@ _COLOURS = {
     EventKind.OOM_KILL: "\033[1;31m",
 }
 _RESET = "\033[0m"
+# C0/C1 control characters and DEL: argv and comm are attacker-chosen bytes, and a newline or an
+# escape sequence in them would break one-line-per-process output or repaint the terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters as escapes (``\\n``, ``\\x1b``), safe for a terminal."""
+    return _CONTROL.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
 
 
 def describe_exit(ev: ProcessEvent) -> str:
@@ -41,14 +51,14 @@ def event_line(ev: ProcessEvent, wall_ns: int | None = None, *, colour: bool = F
     )
     kind = ev.kind.value.upper()
     label = f"{_COLOURS[ev.kind]}{kind:<8}{_RESET}" if colour else f"{kind:<8}"
-    head = f"{stamp} {label} pid={ev.pid} ppid={ev.ppid} uid={ev.uid} {ev.comm}"
+    head = f"{stamp} {label} pid={ev.pid} ppid={ev.ppid} uid={ev.uid} {one_line(ev.comm)}"
     if ev.container_id:
         head += f" [{ev.container_runtime}:{ev.container_id[:12]}]"
     if ev.kind is EventKind.EXEC:
         args = shlex.join(ev.argv) if ev.argv else ""
         trunc = " [argv truncated]" if ev.argv_truncated else ""
         origin = " (already running)" if ev.bootstrap else ""
-        return f"{head}: {ev.exe or '?'} {args}{trunc}{origin}"
+        return f"{head}: {one_line(ev.exe or '?')} {one_line(args)}{trunc}{origin}"
     if ev.kind is EventKind.EXIT:
         cpu = f" cpu={ev.cpu_time_ns / 1e6:.1f}ms" if ev.cpu_time_ns is not None else ""
         rss = f" peak_rss={ev.peak_rss_bytes // 1024}KiB" if ev.peak_rss_bytes is not None else ""

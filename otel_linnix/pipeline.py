@@ -17,19 +17,21 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from otel_linnix.containers import CgroupResolver, parse_container
-from otel_linnix.events import EventKind, ProcessEvent, ProcessSource
-from otel_linnix.process_table import ProcessTable, TableStats
+from otel_linnix.events import EventKind, ProcessEvent, ProcessKey, ProcessSource
+from otel_linnix.process_table import HostSample, ProcessSample, ProcessTable, TableStats
 from otel_linnix.redaction import Redactor
 from otel_linnix.sampler import Sampler, SweepStats
 from otel_linnix.sinks import SinkWorker
 from otel_linnix.sources.base import Source, SourceStats
 from otel_linnix.sources.procfs import ProcReader, bootstrap_scan
 
-__all__ = ["AgentStatus", "Pipeline"]
+__all__ = ["AgentStatus", "Pipeline", "SweepListener"]
+
+SweepListener = Callable[[int, HostSample, Mapping[ProcessKey, ProcessSample]], None]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class Pipeline:
         )
         self._sample_interval_s = sample_interval_s
         self._seq = 0
+        self._seq_lock = threading.Lock()
         self._by_kind: collections.Counter[str] = collections.Counter()
         self._loss_marks: collections.deque[tuple[int, int]] = collections.deque(maxlen=256)
         self._stop = threading.Event()
@@ -107,6 +110,8 @@ class Pipeline:
         self._started_ns: int | None = None
         self._bootstrap_count = 0
         self.ready = False  # the start-up walk is applied and the source delivers
+        self._sweep_listeners: list[SweepListener] = []
+        self.sweep_listener_failures = 0
         self._cgroup_ids: dict[str, int] = {}
 
     # ---- lifecycle ------------------------------------------------------------
@@ -173,16 +178,23 @@ class Pipeline:
         if not events:
             return
         out: list[ProcessEvent] = []
-        seq = self._seq
+        seq = self.reserve_seq(len(events)) - 1
         for ev in events:
             seq += 1
             out.append(self._enrich(ev, seq, out))
-        self._seq = seq
         self.table.apply_batch(out)
         self._by_kind.update(ev.kind.value for ev in out)
         for sink in self.sinks:
             sink.offer(out)
         self.table.prune(out[-1].ts_ns)
+
+    def reserve_seq(self, count: int = 1) -> int:
+        """The first of ``count`` consecutive sequence numbers (/stream ids),
+        shared by lifecycle events and alerts."""
+        with self._seq_lock:
+            first = self._seq + 1
+            self._seq += count
+        return first
 
     def _victim_cgroup(self, ev: ProcessEvent, batch: list[ProcessEvent]) -> int:
         """The OOM victim's cgroup: from its own earlier records in this batch
@@ -213,12 +225,26 @@ class Pipeline:
 
     # ---- sampling and status ---------------------------------------------------
 
+    def add_sweep_listener(self, listener: SweepListener) -> None:
+        """Call ``listener(now_ns, host, samples)`` after every sampler sweep."""
+        self._sweep_listeners.append(listener)
+
     def _sample_loop(self) -> None:
         while not self._stop.wait(self._sample_interval_s):
             try:
                 self.sampler.sweep()
             except Exception:
                 log.exception("sampler sweep failed")
+            host = self.sampler.last_host
+            if host is not None:
+                for listener in self._sweep_listeners:
+                    try:
+                        listener(host.ts_ns, host, self.sampler.last_samples)
+                    except Exception:
+                        # A failing consumer (rules, recorder) is logged and
+                        # counted; sampling goes on.
+                        self.sweep_listener_failures += 1
+                        log.exception("sweep listener %r failed", listener)
             self.table.prune(self._clock())
             self._loss_marks.append((self._clock(), self.source.stats().lost_total))
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from otel_linnix.events import NS_PER_TICK, EventKind, ProcessEvent, ProcessKey, ProcessSource
 
-__all__ = ["ProcessInfo", "ProcessSample", "ProcessTable", "TableStats"]
+__all__ = ["FactsRow", "HostSample", "ProcessInfo", "ProcessSample", "ProcessTable", "TableStats"]
 
 # /graph walks at most this far up; a deeper chain means a cycle in bad input.
 _MAX_DEPTH = 4096
@@ -36,6 +36,17 @@ class ProcessSample(NamedTuple):
     fd_limit: int | None
     threads: int | None
     state: str | None  # the /proc state letter: R, S, D, Z, T...
+
+
+class HostSample(NamedTuple):
+    """Host-wide figures read with each sampler sweep."""
+
+    ts_ns: int
+    cpus: int
+    load1: float
+    # /proc/pressure avg10 percentages: "cpu.some", "memory.some",
+    # "memory.full", "io.some", "io.full"; empty where PSI is absent.
+    psi: Mapping[str, float]
 
 
 class ProcessInfo(NamedTuple):
@@ -162,6 +173,15 @@ class _Entry:
 
 # Every ProcessInfo field is an _Entry attribute of the same name.
 _INFO_FIELDS = operator.attrgetter(*ProcessInfo._fields)
+
+# What a rule condition reads of a process: comm, exe, argv, uid, container id,
+# container runtime, parent key (rules.facts indexes it in this order).
+FactsRow = tuple[
+    str, str | None, tuple[str, ...] | None, int, str | None, str | None, ProcessKey | None
+]
+_FACTS_FIELDS = operator.attrgetter(
+    "comm", "exe", "argv", "uid", "container_id", "container_runtime", "parent_key"
+)
 
 
 class ProcessTable:
@@ -343,6 +363,13 @@ class ProcessTable:
 
     # ---- reads ------------------------------------------------------------
 
+    def facts_row(self, key: ProcessKey) -> FactsRow | None:
+        """The fields a rule condition reads, without building a ProcessInfo:
+        the rules engine asks for one or two per event."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return _FACTS_FIELDS(entry) if entry is not None else None
+
     def get(self, key: ProcessKey) -> ProcessInfo | None:
         with self._lock:
             entry = self._entries.get(key)
@@ -393,6 +420,19 @@ class ProcessTable:
                 entry = self._entries.get(entry.parent_key)
                 if entry is not None:
                     out.append(entry.info())
+        return out
+
+    def ancestor_keys(self, key: ProcessKey, max_depth: int) -> list[ProcessKey]:
+        """Keys of the known ancestors of ``key``, parent first, at most ``max_depth``."""
+        out: list[ProcessKey] = []
+        with self._lock:
+            entry = self._entries.get(key)
+            while entry is not None and entry.parent_key is not None and len(out) < max_depth:
+                parent_key = entry.parent_key
+                if parent_key == key or parent_key in out:
+                    break  # a cycle in bad input
+                out.append(parent_key)
+                entry = self._entries.get(parent_key)
         return out
 
     def has_ancestor_pid(self, key: ProcessKey, pid: int) -> bool:

@@ -10,24 +10,32 @@ see one stable shape. Documented in docs/events.md.
 from __future__ import annotations
 
 import functools
+import gzip
 import json
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import orjson
 
 from otel_linnix.errors import DataError
-from otel_linnix.events import EventKind, ProcessEvent, ProcessSource
+from otel_linnix.events import EventKind, ProcessEvent, ProcessKey, ProcessSource
+from otel_linnix.process_table import HostSample, ProcessSample
 
 __all__ = [
     "FORMAT_VERSION",
+    "SweepRecord",
     "encode_event",
     "event_from_dict",
     "event_to_dict",
     "iso_time",
+    "open_recording",
     "parse_iso_time",
     "read_events",
+    "read_records",
+    "sweep_from_dict",
+    "sweep_to_dict",
 ]
 
 FORMAT_VERSION = 1
@@ -178,19 +186,120 @@ def event_from_dict(obj: Any) -> ProcessEvent:
     return ProcessEvent(**values)
 
 
-def read_events(stream: IO[str], on_error: Callable[[int, str], None]) -> Iterator[ProcessEvent]:
-    """Events from a JSONL stream; bad lines go to ``on_error(line_no, reason)``.
+class SweepRecord(NamedTuple):
+    """One sampler sweep as recorded (``"kind": "sweep"`` lines)."""
 
-    Blank lines are skipped. A bad line never stops the read: the caller
-    decides what the count of errors means.
-    """
+    ts_ns: int
+    host: HostSample | None
+    samples: tuple[tuple[ProcessKey, ProcessSample], ...]
+
+
+_SAMPLE_FIELDS = (
+    "cpu_time_ns",
+    "cpu_percent",
+    "rss_bytes",
+    "fd_count",
+    "fd_limit",
+    "threads",
+    "state",
+)
+
+
+def sweep_to_dict(
+    ts_ns: int,
+    host: HostSample | None,
+    samples: Mapping[ProcessKey, ProcessSample],
+    wall_ns: int | None = None,
+) -> dict[str, Any]:
+    """A sweep line: host figures and one object per sampled process."""
+    return {
+        "v": FORMAT_VERSION,
+        "kind": "sweep",
+        "ts_ns": ts_ns,
+        "time": iso_time(wall_ns) if wall_ns is not None else None,
+        "host": None
+        if host is None
+        else {"cpus": host.cpus, "load1": host.load1, "psi": dict(host.psi)},
+        "samples": [
+            {
+                "pid": key.pid,
+                "start_time_ns": key.start_time_ns,
+                **{name: getattr(sample, name) for name in _SAMPLE_FIELDS},
+            }
+            for key, sample in samples.items()
+        ],
+    }
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def sweep_from_dict(obj: dict[str, Any]) -> SweepRecord:
+    """Validate a sweep line; raises DataError naming the field."""
+    ts_ns = _field(obj, "ts_ns", _is_int, "an integer", required=True)
+    host_raw = obj.get("host")
+    host = None
+    if host_raw is not None:
+        if not isinstance(host_raw, dict):
+            raise DataError("field 'host': expected an object or null")
+        cpus = _field(host_raw, "cpus", _is_int, "an integer", required=True)
+        load1 = _field(host_raw, "load1", _number, "a number", required=True)
+        psi = host_raw.get("psi") or {}
+        if not isinstance(psi, dict) or not all(_number(v) for v in psi.values()):
+            raise DataError("field 'host.psi': expected an object of numbers")
+        host = HostSample(ts_ns, cpus, float(load1), {str(k): float(v) for k, v in psi.items()})
+    raw_samples = obj.get("samples")
+    if not isinstance(raw_samples, list):
+        raise DataError("field 'samples': expected a list")
+    samples = []
+    for i, item in enumerate(raw_samples):
+        if not isinstance(item, dict):
+            raise DataError(f"field 'samples[{i}]': expected an object")
+        try:
+            pid = _field(item, "pid", _is_int, "an integer", required=True)
+            start = _field(item, "start_time_ns", _is_int, "an integer", required=True)
+            values = [item.get(name) for name in _SAMPLE_FIELDS]
+        except DataError as exc:
+            raise DataError(f"samples[{i}]: {exc}") from None
+        samples.append((ProcessKey.of(pid, start), ProcessSample(ts_ns, *values)))
+    return SweepRecord(ts_ns, host, tuple(samples))
+
+
+def open_recording(path: str | os.PathLike[str]) -> IO[str]:
+    """A recording opened for reading; ``.gz`` files are decompressed on the fly."""
+    if str(path).endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def read_records(
+    stream: IO[str], on_error: Callable[[int, str], None]
+) -> Iterator[ProcessEvent | SweepRecord]:
+    """Events and sweeps from a JSONL stream, in file order; bad lines go to
+    ``on_error(line_no, reason)`` and never stop the read."""
     for line_no, line in enumerate(stream, start=1):
         text = line.strip()
         if not text:
             continue
         try:
-            yield event_from_dict(json.loads(text))
+            obj = json.loads(text)
+            if isinstance(obj, dict) and obj.get("kind") == "sweep" and obj.get("v") == 1:
+                yield sweep_from_dict(obj)
+            else:
+                yield event_from_dict(obj)
         except json.JSONDecodeError as exc:
             on_error(line_no, f"invalid JSON: {exc.msg} at column {exc.colno}")
         except DataError as exc:
             on_error(line_no, str(exc))
+
+
+def read_events(stream: IO[str], on_error: Callable[[int, str], None]) -> Iterator[ProcessEvent]:
+    """The lifecycle events of a JSONL stream (sweep lines are skipped).
+
+    Blank lines are skipped. A bad line never stops the read: the caller
+    decides what the count of errors means.
+    """
+    for record in read_records(stream, on_error):
+        if isinstance(record, ProcessEvent):
+            yield record

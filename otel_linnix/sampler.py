@@ -12,12 +12,13 @@ its cost is bounded whatever the host runs.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from otel_linnix.events import ProcessKey
-from otel_linnix.process_table import ProcessSample, ProcessTable
+from otel_linnix.process_table import HostSample, ProcessSample, ProcessTable
 from otel_linnix.sources.procfs import ProcReader
 
 __all__ = ["Sampler", "SweepStats"]
@@ -68,6 +69,8 @@ class Sampler:
         self._cursor = 0
         self._sweeps = 0
         self.last = SweepStats(0, 0, 0.0, 0.0, 0)
+        self.last_host: HostSample | None = None
+        self.last_samples: Mapping[ProcessKey, ProcessSample] = {}
 
     def sweep(self) -> SweepStats:
         started, started_cpu = time.perf_counter(), time.thread_time()
@@ -113,6 +116,13 @@ class Sampler:
                 self._read_at[key] = (kernel, sample)
         self._table.update_samples(samples)
         self._forget_gone(set(live_now.values()))
+        self.last_host = HostSample(
+            ts_ns=self._clock(),
+            cpus=os.cpu_count() or 1,
+            load1=self._reader.loadavg1() or 0.0,
+            psi=self._reader.pressure(),
+        )
+        self.last_samples = samples
         self._sweeps += 1
         self.last = SweepStats(
             sampled=len(samples),

@@ -11,11 +11,14 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Protocol
 
-from otel_linnix.events import ProcessEvent
-from otel_linnix.recording import encode_event
+import orjson
+
+from otel_linnix.events import ProcessEvent, ProcessKey
+from otel_linnix.process_table import HostSample, ProcessSample
+from otel_linnix.recording import encode_event, sweep_to_dict
 
 __all__ = ["JsonlWriter", "Sink", "SinkWorker"]
 
@@ -116,14 +119,26 @@ class JsonlWriter:
     def __init__(self, stream: IO[bytes], wall_ns: Callable[[int], int]) -> None:
         self._stream = stream
         self._wall_ns = wall_ns
+        # Events come from the sink's thread, sweeps from the sampler's.
+        self._lock = threading.Lock()
 
     def emit(self, events: Sequence[ProcessEvent]) -> None:
         offset = self._wall_ns(0)
         lines = [encode_event(ev, ev.ts_ns + offset) for ev in events]
-        self._stream.write(b"\n".join(lines) + b"\n")
+        with self._lock:
+            self._stream.write(b"\n".join(lines) + b"\n")
+
+    def write_sweep(
+        self, now_ns: int, host: HostSample, samples: Mapping[ProcessKey, ProcessSample]
+    ) -> None:
+        """A sweep listener: one ``"kind": "sweep"`` line per sampler sweep."""
+        line = orjson.dumps(sweep_to_dict(now_ns, host, samples, self._wall_ns(now_ns)))
+        with self._lock:
+            self._stream.write(line + b"\n")
 
     def flush(self, timeout_s: float) -> None:
-        self._stream.flush()
+        with self._lock:
+            self._stream.flush()
 
     def shutdown(self, timeout_s: float) -> None:
         self.flush(timeout_s)

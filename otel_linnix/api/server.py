@@ -85,3 +85,8 @@ class ApiServer:
         self._server.close()
         self._thread.join(timeout_s)
         self._thread = None
+        # A connection whose client hung up just before the loop ended is still in the map,
+        # its socket open; with the loop gone nothing else would ever close it.
+        for channel in list(self._server._map.values()):
+            if isinstance(channel, HTTPChannel):
+                channel.close()

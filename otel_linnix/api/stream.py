@@ -112,7 +112,9 @@ def _frames(hub: StreamHub, sub: Subscription, heartbeat_s: float) -> Iterator[b
             )
         if sub.gap:
             yield _lost_frame(sub.gap, "the requested id is older than the backlog")
-        sent = sub.replay[-1].seq if sub.replay else -1
+        # Registration and the backlog snapshot are atomic in the hub, so the
+        # replay and the live queue never overlap (ids are not in order:
+        # alerts take theirs on another thread).
         yield from _chunks(it.frame() for it in sub.replay)
         while True:
             # Read the flag first: after close(), one last take() still sends
@@ -121,12 +123,8 @@ def _frames(hub: StreamHub, sub: Subscription, heartbeat_s: float) -> Iterator[b
             items, lost = subscriber.take(heartbeat_s)
             if lost:
                 yield _lost_frame(lost, "this client read too slowly")
-            # The replay and the live queue may overlap by the events that
-            # arrived while the replay was read: skip what was sent.
-            fresh = [it for it in items if it.seq > sent]
-            if fresh:
-                sent = fresh[-1].seq
-                yield from _chunks(it.frame() for it in fresh)
+            if items:
+                yield from _chunks(it.frame() for it in items)
             elif not lost and not closing:
                 yield f": keep-alive {iso_time(time.time_ns())}\n\n".encode()
             if closing:

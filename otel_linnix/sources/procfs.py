@@ -11,6 +11,7 @@ The polling source built on this reader lives in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -213,6 +214,31 @@ class ProcReader:
             if line.startswith(b"0::"):
                 return _strip_deleted(line[3:].decode("utf-8", "replace"))
         return None
+
+    def loadavg1(self) -> float | None:
+        """The 1-minute load average from /proc/loadavg."""
+        try:
+            return float(self._read(f"{self.root}/loadavg").split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def pressure(self) -> dict[str, float]:
+        """avg10 of /proc/pressure/{cpu,memory,io} as {"cpu.some": 1.5, "io.full": 0.0, ...};
+        empty on kernels without PSI (or with it disabled)."""
+        out: dict[str, float] = {}
+        for resource in ("cpu", "memory", "io"):
+            try:
+                text = self._read(f"{self.root}/pressure/{resource}").decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                kind, _, rest = line.partition(" ")
+                for item in rest.split():
+                    name, _, value = item.partition("=")
+                    if name == "avg10":
+                        with contextlib.suppress(ValueError):
+                            out[f"{resource}.{kind}"] = float(value)
+        return out
 
     def boot_id(self) -> str:
         """This boot's random id; raises OSError if /proc has none (not Linux)."""

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from otel_linnix.events import ProcessEvent, ProcessSource
-from otel_linnix.recording import read_events
+from otel_linnix.recording import open_recording, read_events
 from otel_linnix.sources.base import EventSink, SourceStats
 
 __all__ = ["ReplaySource"]
@@ -46,7 +46,7 @@ class ReplaySource:
         ``errors`` / ``error_count`` and skipped.
         """
         batch: list[ProcessEvent] = []
-        with open(self.path, encoding="utf-8", errors="replace") as fh:
+        with open_recording(self.path) as fh:
             for event in read_events(fh, self._on_error):
                 batch.append(event)
                 if len(batch) >= self._batch_size:

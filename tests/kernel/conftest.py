@@ -141,4 +141,6 @@ def tag() -> str:
 
 @pytest.fixture(scope="session")
 def workloads(needs_ebpf: None) -> dict[str, Path]:
-    return {name: build(name) for name in ("spawner", "child", "forker", "threads")}
+    return {
+        name: build(name) for name in ("spawner", "child", "forker", "threads", "leaker", "fdhog")
+    }

@@ -756,6 +756,8 @@ class SseClient:
             assert not self._thread.is_alive(), "the stream reader did not stop"
         self.response.close()
         self._conn.close()
+        if self._sock is not None:
+            self._sock.close()
 
     def __enter__(self) -> SseClient:
         return self

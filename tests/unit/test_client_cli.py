@@ -15,6 +15,7 @@ from otel_linnix.client_cli import ENV_TOKEN, ENV_URL, main
 from otel_linnix.config import Config
 from otel_linnix.console import event_line
 from otel_linnix.events import EventKind, ProcessEvent
+from otel_linnix.recording import event_to_dict
 from tests.unit.api_stack import (
     START,
     WALL_OFFSET_NS,
@@ -353,3 +354,35 @@ def test_stream_prints_the_event_time_in_local_time(
     wall_ns = child[1].ts_ns + WALL_OFFSET_NS
     assert out.startswith("17:14:04.000 ")
     assert out == event_line(child[1], wall_ns) + "\n"
+
+
+def test_processes_table_keeps_a_multi_line_command_on_one_row(
+    stacks: list[ApiStack], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A `bash -c` script is one argv element with newlines in it: the table must stay
+    # one row per process, showing the newline as an escape.
+    script = ("bash", "-c", "set -e\nmake test\n")
+    events = [
+        make_event(EventKind.FORK, 77, START["init"] + S, ppid=0, comm="sh"),
+        make_event(
+            EventKind.EXEC,
+            77,
+            START["init"] + S,
+            ts_ns=START["init"] + 2 * S,
+            comm="bash",
+            exe="/usr/bin/bash",
+            argv=script,
+        ),
+    ]
+    recording = tmp_path / "script.jsonl"
+    recording.write_text("".join(json.dumps(event_to_dict(ev)) + "\n" for ev in events))
+    stack = ApiStack(recording, tmp_path / "cgroup", api_config())
+    stacks.append(stack)
+    stack.start(len(events), samples=False)
+    stack.serve()
+    code, out, err = run(capsys, stack.url, "processes")
+    assert (code, err) == (0, "")
+    _header, *rows = out.splitlines()
+    assert all(row.split()[0].isdigit() for row in rows), rows
+    (script_row,) = (row for row in rows if row.split()[0] == "77")
+    assert script_row.endswith("bash -c set -e\\nmake test\\n")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from otel_linnix.console import describe_exit, event_line
+from otel_linnix.console import describe_exit, event_line, one_line
 from otel_linnix.events import EventKind, ProcessEvent
 from tests.unit.conftest import make_event
 
@@ -109,3 +109,14 @@ def test_colour_codes_only_when_asked(kind: EventKind) -> None:
     assert "\033[" not in plain
     assert re.search(r"\033\[[0-9;]+m" + kind.value.upper() + r" *\033\[0m", coloured)
     assert re.sub(r"\033\[[0-9;]*m", "", coloured) == plain
+
+
+def test_one_line_escapes_control_characters() -> None:
+    assert one_line("a\nb\tc\r\x1b[31m\x7f\x9b ü") == "a\\nb\\tc\\r\\x1b[31m\\x7f\\x9b ü"
+
+
+def test_exec_line_of_a_multi_line_script_stays_on_one_line() -> None:
+    ev = exec_event(argv=("bash", "-c", "set -e\nrm -rf /tmp/x\n"))._replace(comm="ba\x1bsh")
+    line = event_line(ev)
+    assert "\n" not in line and "\x1b" not in line
+    assert line.endswith(" ba\\x1bsh: /usr/bin/grep bash -c 'set -e\\nrm -rf /tmp/x\\n'")
