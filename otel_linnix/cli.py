@@ -11,9 +11,10 @@ import contextlib
 import itertools
 import json
 import logging
+import os
+import select
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
@@ -47,20 +48,50 @@ def _status_line(st: AgentStatus) -> str:
     )
 
 
+class _StopRequest:
+    """Set by SIGINT/SIGTERM, waited on by the main thread.
+
+    Python runs signal handlers in the main thread between bytecodes, possibly
+    while that thread holds a lock inside ``threading.Event.wait``; an Event
+    set from the handler would then deadlock on its own condition (and a
+    logging call on the handler's lock). So the handler only records the
+    signal and writes a byte to a pipe, and waiting is a ``select`` on it.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self.signum: int | None = None
+
+    def handler(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+        with contextlib.suppress(BlockingIOError):  # a byte is already waiting
+            os.write(self._write, b"\0")
+
+    def wait(self, timeout_s: float | None) -> bool:
+        """True once a stop was requested; False when ``timeout_s`` passed first."""
+        if self.signum is None:
+            select.select([self._read], [], [], timeout_s)
+        if self.signum is None:
+            return False
+        log.info("received %s, stopping", signal.Signals(self.signum).name)
+        return True
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
+
+
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+def _stop_on_signals() -> Iterator[_StopRequest]:
+    stop = _StopRequest()
+    previous = {s: signal.signal(s, stop.handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        stop.close()
 
 
 def _build(config: Config, sinks: Sequence[SinkWorker] = ()) -> Pipeline:

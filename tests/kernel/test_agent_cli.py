@@ -68,7 +68,13 @@ class AgentProcess:
         """Send ``sig`` and return how long the agent took to exit."""
         started = time.monotonic()
         self.proc.send_signal(sig)
-        self.proc.wait(timeout_s)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            # Do not leave a hung agent holding the API port for the tests after this one.
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"{sig.name}: still running after {timeout_s} s:\n{self.output()}")
         took = time.monotonic() - started
         self._reader.join(5)
         assert self.proc.stderr is not None

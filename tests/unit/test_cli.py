@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from otel_linnix.cli import main
+from otel_linnix.cli import _stop_on_signals, main
 from otel_linnix.errors import EX_CONFIG, EX_DATAERR, EX_USAGE
 from tests.unit.conftest import RECORDINGS
 
@@ -142,3 +146,18 @@ def test_replay_uses_the_given_config(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["replay", "--config", str(bad_config), str(recording)]) == EX_CONFIG
     err = capsys.readouterr().err
     assert err.startswith(f"otel-linnix: {bad_config}: [process_table] max_entries")
+
+
+def test_a_stop_signal_never_deadlocks_the_waiting_main_thread() -> None:
+    # A signal handler runs in the main thread, possibly while it is inside the wait
+    # itself; 200 signals landing at arbitrary points of a tight wait loop must each
+    # be seen, and none may hang the loop.
+    for _ in range(200):
+        with _stop_on_signals() as stop:
+            killer = threading.Timer(0.001, os.kill, (os.getpid(), signal.SIGTERM))
+            killer.start()
+            deadline = time.monotonic() + 5
+            while not stop.wait(0.0):
+                assert time.monotonic() < deadline, "the stop request was never seen"
+            killer.join()
+            assert stop.signum == signal.SIGTERM
