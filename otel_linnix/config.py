@@ -33,6 +33,8 @@ __all__ = [
     "ApiConfig",
     "CaptureConfig",
     "Config",
+    "ExportConfig",
+    "LineageConfig",
     "LlmConfig",
     "PrivacyConfig",
     "ProcessTableConfig",
@@ -133,6 +135,68 @@ class ProcessTableConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ExportConfig:
+    """OpenTelemetry export. The standard OTEL_* variables override these
+    (resolved in ``otel_linnix.export.settings``, which validates them)."""
+
+    # OTLP base endpoint for every signal; unset: no OTLP export at all.
+    endpoint: str | None = None
+    protocol: str = field(
+        default="http/protobuf", metadata=_spec(choices=("grpc", "http/protobuf"))
+    )
+    # "key=value,key2=value2", as OTEL_EXPORTER_OTLP_HEADERS.
+    headers: str = ""
+    timeout_s: float = field(default=10.0, metadata=_spec(0.1, 300))
+    # Per-signal endpoints (full URLs for http/protobuf, as OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT).
+    metrics_endpoint: str | None = None
+    logs_endpoint: str | None = None
+    traces_endpoint: str | None = None
+    service_name: str = "otel-linnix"
+    # "key=value,...", as OTEL_RESOURCE_ATTRIBUTES.
+    resource_attributes: str = ""
+    # Signals: Prometheus /metrics, OTLP metrics, OTLP logs, OTLP process spans.
+    prometheus: bool = True
+    metrics: bool = True
+    logs: bool = True
+    traces: bool = False
+    metrics_interval_s: float = field(default=10.0, metadata=_spec(1, 3600))
+    # Cardinality budget: per-process series for the top N by CPU and by RSS
+    # (plus processes a firing alert names); the rest per executable.
+    top_processes: int = field(default=20, metadata=_spec(0, 10_000))
+    # Log records: bounded queue, batch size, and a rate limit that exits bypass.
+    logs_queue: int = field(default=20_000, metadata=_spec(100, 10_000_000))
+    logs_batch: int = field(default=512, metadata=_spec(1, 100_000))
+    logs_max_per_s: float = field(default=5_000.0, metadata=_spec(1, 1_000_000))
+    # process.command_args on log records and spans (opt-in, as semconv says; redacted).
+    command_args: bool = False
+    # Process spans only under processes running these executables, or only
+    # for these executables; both empty: every exec'd process.
+    traces_subtree_executables: tuple[str, ...] = ()
+    traces_executables: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LineageConfig:
+    """Span-style process lineage ids (trace id from the lineage root)."""
+
+    # Executables whose children start a unit of work (a new trace), besides
+    # children of pid 1 and of container shims.
+    spawners: tuple[str, ...] = (
+        "sshd",
+        "cron",
+        "crond",
+        "systemd",
+        "containerd-shim",
+        "containerd-shim-runc-v2",
+        "conmon",
+        "runc",
+        "crun",
+    )
+    # Join a process tree to the trace in the W3C TRACEPARENT of its environment.
+    traceparent: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     runtime: RuntimeConfig = RuntimeConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
@@ -142,6 +206,8 @@ class Config:
     capture: CaptureConfig = CaptureConfig()
     process_table: ProcessTableConfig = ProcessTableConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    export: ExportConfig = ExportConfig()
+    lineage: LineageConfig = LineageConfig()
     # Where the settings came from (None: embedded defaults) and what was
     # accepted but ignored, for check-config and the start-up log.
     source_path: str | None = None
@@ -353,6 +419,8 @@ def load_config(
         "capture": CaptureConfig,
         "process_table": ProcessTableConfig,
         "privacy": PrivacyConfig,
+        "export": ExportConfig,
+        "lineage": LineageConfig,
     }
     for name, table in data.items():
         if name in _LINNIX_IGNORED_SECTIONS:
