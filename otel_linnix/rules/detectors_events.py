@@ -864,6 +864,10 @@ class OomKillDetector(EventDetector):
             "pid": ev.pid,
             "comm": ev.comm,
             "rss_bytes": ev.rss_bytes,
+            # for messages: rss_bytes is null when the kernel record lacked it
+            "resident": (
+                f"{ev.rss_bytes / 2**20:.0f} MiB" if ev.rss_bytes is not None else "unknown memory"
+            ),
             "container_id": subject.container_id,
             "hold_s": self._hold_s,
         }
@@ -886,7 +890,7 @@ register(
         subject="process",
         params=OOM_KILL_PARAMS,
         factory=with_defaults("oom_kill", OomKillDetector, OOM_KILL_PARAMS),
-        default_message="OOM killer killed {comm}({pid}) with {rss_bytes} bytes resident",
+        default_message="OOM killer killed {comm}({pid}) holding {resident} resident",
         inputs=("event",),
         event_kinds=("oom_kill",),
     )

@@ -475,6 +475,7 @@ class MemoryLeakDetector(_TrendDetector):
                 "min_r2": self._min_r2,
                 "growth_mib": growth / _MIB,
                 "rate_mib_per_s": rate / _MIB,
+                "rss_mib": values[-1] / _MIB,
                 "pid": p.pid,
                 "comm": p.comm,
             }

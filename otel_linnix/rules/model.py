@@ -179,7 +179,9 @@ def render_message(template: str, values: Mapping[str, Any]) -> str:
     """The template with ``{name}`` placeholders filled; unknown names stay as written."""
     try:
         return str(_FORMATTER.vformat(template, (), dict(values)))
-    except (ValueError, IndexError, KeyError):
+    except (ValueError, IndexError, KeyError, TypeError):
+        # A template is checked at load; a figure of the wrong type (null) must
+        # still not lose the alert: the raw template carries the rule's meaning.
         return template
 
 

@@ -651,6 +651,7 @@ def test_oom_kill_is_a_finding_for_hold_s() -> None:
         "pid": victim.pid,
         "comm": "java",
         "rss_bytes": 3 * GIB,
+        "resident": "3072 MiB",
         "container_id": "c0ffee",
         "hold_s": 60.0,
     }

@@ -364,8 +364,8 @@ def test_sweeps_drive_the_shipped_memory_leak_rule(
     assert line.startswith(prefix), line
     message = line[len(prefix) :]
     assert "leaker (4242)" in message
-    assert "20971520" in message  # B/s
-    assert str(140 * MIB) in message  # growth over the 8 sweeps
+    assert "RSS grows 20.0 MiB/s" in message
+    assert "(+140 MiB in 7 s" in message  # growth over the 8 sweeps
     assert "{" not in message
     assert err.splitlines() == ["replayed 2 events and 10 sweeps: 1 alert(s) (memory_leak)"]
 

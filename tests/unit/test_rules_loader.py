@@ -193,6 +193,7 @@ EVIDENCE: dict[str, tuple[dict[str, Any], Mapping[str, Any]]] = {
             "min_rate_bytes_per_s": float(MIB),
             "min_r2": 0.9,
             "growth_mib": 180.0,
+            "rss_mib": 400.0,
             "rate_mib_per_s": 20.0,
             "pid": 4242,
             "comm": "leaker",
@@ -221,6 +222,7 @@ EVIDENCE: dict[str, tuple[dict[str, Any], Mapping[str, Any]]] = {
             "pid": 4242,
             "comm": "leaker",
             "rss_bytes": 900 * MIB,
+            "resident": "900 MiB",
             "container_id": None,
             "hold_s": 5.0,
         },
@@ -268,7 +270,7 @@ def test_shipped_messages_format_numbers() -> None:
         "top parents: bash(100)=2000, make(200)=40"
     )
     assert render("memory_leak") == (
-        "leaker (4242) RSS grows 20971520 B/s (+188743680 B in 30 s, R² 1.00), now 419430400 B"
+        "leaker (4242) RSS grows 20.0 MiB/s (+180 MiB in 9 s, R² 1.00), now 400 MiB"
     )
     assert render("crash_loop") == (
         "/opt/app/flaky exited abnormally 9 times in 30 s "
