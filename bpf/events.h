@@ -22,6 +22,8 @@
 #define F_ARGV_FAULT     (1u << 3) /* argv could not be read (reported empty) */
 #define F_NO_MM          (1u << 4) /* no mm: memory figures unknown */
 #define F_FROM_OVERFLOW  (1u << 5) /* exit delivered through the overflow map */
+#define F_ENV_TRUNC      (1u << 6) /* exec: environment longer than ENV_SCAN_MAX and no
+                                    * TRACEPARENT in the part scanned */
 
 /* Indices of the per-CPU stats array (summed in user space). */
 #define ST_SUBMITTED      0 /* records offered to the ring buffer (written or lost) */
@@ -34,9 +36,16 @@
 #define ST_THREAD_MAP_FULL 7 /* per-thread runtime map full */
 #define ST_ARGV_FAULT     8 /* argv read failed (reported empty, flagged) */
 #define ST_WAKEUPS        9 /* forced consumer wakeups */
-#define ST_COUNT         10
+#define ST_ENV_TRUNC     10 /* exec environment longer than the TRACEPARENT scan */
+#define ST_COUNT         11
 
 #define COMM_LEN 16
+
+/* The TRACEPARENT value copied at exec: at most TP_COPY bytes (55, a
+ * version-00 traceparent, plus one that tells a longer value), never past
+ * the value's terminating NUL, so no other environment byte is copied. */
+#define TP_COPY 56
+#define TP_MAX  64
 
 struct event_header {
     __u32 kind;             /* EV_* */
@@ -75,6 +84,9 @@ struct exec_event {
     struct event_header h;
     __u32 fname_len;        /* bytes of filename, without the NUL */
     __u32 argv_len;         /* bytes of argv, NUL-separated as in /proc/<pid>/cmdline */
+    __u32 tp_len;           /* bytes of traceparent; 0 when the environment has none */
+    __u32 _pad;
+    char traceparent[TP_MAX]; /* the TRACEPARENT value only (see TP_COPY) */
     char filename[FNAME_MAX];
     char argv[ARGV_MAX];
 };

@@ -175,6 +175,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         writer = JsonlWriter(out, wall_from_boot)
         sink = SinkWorker(_BootstrapFilter(writer) if args.no_bootstrap else writer)
         pipeline = _build(config, [sink])
+        writer.boot_id = pipeline.table.lineage.boot_uuid
         if args.samples:
             pipeline.add_sweep_listener(writer.write_sweep)
         with _stop_on_signals() as stop:
@@ -207,9 +208,10 @@ class _PrintingSink:
         self.emit = emit
 
     def handle_batch(self, events: Sequence[ProcessEvent]) -> None:
-        self.table.apply_batch(events)
-        for ev in events:
-            self.emit(ev)
+        # Lineage ids as this replay's table computes them, not as recorded.
+        lineage = self.table.apply_batch(events)
+        for ev, ids in zip(events, lineage, strict=True):
+            self.emit(ev.stamp(ev.seq, None, ids))
 
 
 def recording_wall_offset(path: str) -> int | None:
@@ -234,13 +236,35 @@ def recording_wall_offset(path: str) -> int | None:
     return None
 
 
+def replay_boot_id(path: str) -> str | None:
+    """The boot id a recording names (None for recordings made before the
+    field existed, or when the file cannot be read: the replay reports that)."""
+    from otel_linnix.recording import open_recording, recording_boot_id  # noqa: PLC0415
+
+    try:
+        with open_recording(path) as fh:
+            return recording_boot_id(fh)
+    except OSError:
+        return None
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
+    from otel_linnix.lineage import NO_BOOT_ID, LineagePolicy, boot_id_bytes  # noqa: PLC0415
     from otel_linnix.recording import encode_event  # noqa: PLC0415
     from otel_linnix.sources.replay import ReplaySource  # noqa: PLC0415
 
     config = load_config(args.config)
+    # Lineage ids are recomputed with the recording's boot id, so a replay
+    # shows the ids the live agent showed.
+    boot_text = replay_boot_id(args.file)
+    try:
+        boot = boot_id_bytes(boot_text) if boot_text is not None else NO_BOOT_ID
+    except ValueError:
+        raise DataError(f"{args.file}: boot_id {boot_text!r} is not a UUID") from None
     table = ProcessTable(
-        config.process_table.max_entries, int(config.process_table.exited_retention_s * 1e9)
+        config.process_table.max_entries,
+        int(config.process_table.exited_retention_s * 1e9),
+        LineagePolicy.from_config(config.lineage, boot),
     )
     out: IO[str] = sys.stdout
     colour = out.isatty() and not args.no_color
@@ -249,7 +273,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     def emit(ev: ProcessEvent) -> None:
         if args.json:
-            out.write(encode_event(ev).decode() + "\n")
+            out.write(encode_event(ev, None, boot_text).decode() + "\n")
         elif not args.quiet:
             wall = ev.ts_ns + wall_offset if wall_offset is not None else None
             out.write(event_line(ev, wall, colour=colour) + "\n")
@@ -274,7 +298,7 @@ def cmd_bpf_dump(args: argparse.Namespace) -> int:
     from otel_linnix.sources.bpf import BpfSource  # noqa: PLC0415
 
     config = load_config(args.config)
-    print(BpfSource(config.capture).program().dump())
+    print(BpfSource(config.capture, traceparent=config.lineage.traceparent).program().dump())
     return 0
 
 

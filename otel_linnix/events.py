@@ -115,24 +115,43 @@ class ProcessEvent(NamedTuple):
     # set when the record describes a process that existed before start-up
     bootstrap: bool = False
     kernel_thread: bool = False
+    # exec: the W3C TRACEPARENT value found in the new image's environment
+    # (only that value is ever read; see otel_linnix.lineage)
+    traceparent: str | None = None
     # Filled by the pipeline; kept last so stamp() rebuilds the tuple cheaply.
     container_id: str | None = None
     container_runtime: str | None = None
     pod_uid: str | None = None
     # the pipeline's sequence number (the /stream id); 0 until assigned
     seq: int = 0
+    # Lineage ids of the process (lowercase hex, 32/16/16 characters; see
+    # otel_linnix.lineage), stamped after the table applied the event.
+    # parent_span_id is None for a lineage root without a traceparent.
+    trace_id: str | None = None
+    span_id: str | None = None
+    parent_span_id: str | None = None
 
     def stamp(
-        self, seq: int, container: tuple[str | None, str | None, str | None] | None = None
+        self,
+        seq: int,
+        container: tuple[str | None, str | None, str | None] | None = None,
+        lineage: tuple[str, str, str | None] | None = None,
     ) -> ProcessEvent:
         """This event with its sequence number and, if given, (container id,
-        runtime, pod uid): one tuple build, no per-field copying."""
+        runtime, pod uid) and (trace id, span id, parent span id): one tuple
+        build, no per-field copying."""
         cid, runtime, pod = (
             container
             if container is not None
             else (self.container_id, self.container_runtime, self.pod_uid)
         )
-        return tuple.__new__(ProcessEvent, (*self[:_PIPELINE_FIELDS], cid, runtime, pod, seq))
+        trace, span, parent = (
+            lineage if lineage is not None else (self.trace_id, self.span_id, self.parent_span_id)
+        )
+        return tuple.__new__(
+            ProcessEvent,
+            (*self[:_PIPELINE_FIELDS], cid, runtime, pod, seq, trace, span, parent),
+        )
 
     @property
     def key(self) -> ProcessKey:

@@ -5,8 +5,9 @@ from now on queue in the ring buffer), walk /proc for the processes that
 already exist, apply that walk, then start draining. Nothing born in
 between is missed, and the table tolerates the overlap.
 
-The drain thread calls ``handle_batch``: assign sequence numbers, attribute
-containers, apply to the table, hand to each sink's bounded queue. The
+The drain thread calls ``handle_batch``: attribute containers, apply to the
+table (which assigns lineage ids), stamp sequence numbers and lineage ids,
+hand to each sink's bounded queue. The
 sampler runs on its own thread. Neither blocks on a sink.
 """
 
@@ -144,7 +145,9 @@ class Pipeline:
             sink.stop(max(0.05, deadline - time.monotonic()))
 
     def _bootstrap(self) -> None:
-        scan = bootstrap_scan(self._reader, self._clock())
+        scan = bootstrap_scan(
+            self._reader, self._clock(), traceparent=self.table.lineage.traceparent
+        )
         events = []
         for found in scan.events:
             if found.kernel_thread and not self._kthreads:
@@ -177,12 +180,17 @@ class Pipeline:
         """Called by the source's thread with events in kernel order."""
         if not events:
             return
-        out: list[ProcessEvent] = []
-        seq = self.reserve_seq(len(events)) - 1
+        enriched: list[ProcessEvent] = []
         for ev in events:
-            seq += 1
-            out.append(self._enrich(ev, seq, out))
-        self.table.apply_batch(out)
+            enriched.append(self._enrich(ev, enriched))
+        # The table assigns lineage ids as it applies the events; each event
+        # is then stamped once with its sequence number and those ids.
+        lineage = self.table.apply_batch(enriched)
+        seq = self.reserve_seq(len(events))
+        out = [
+            ev.stamp(seq + i, None, ids)
+            for i, (ev, ids) in enumerate(zip(enriched, lineage, strict=True))
+        ]
         self._by_kind.update(ev.kind.value for ev in out)
         for sink in self.sinks:
             sink.offer(out)
@@ -206,7 +214,7 @@ class Pipeline:
         known = self.table.get(key)
         return known.cgroup_id if known is not None else 0
 
-    def _enrich(self, ev: ProcessEvent, seq: int, batch: list[ProcessEvent]) -> ProcessEvent:
+    def _enrich(self, ev: ProcessEvent, batch: list[ProcessEvent]) -> ProcessEvent:
         if ev.argv and self._redactor is not None:
             # Once, here: the table, the API, /stream, recordings and exporters
             # only ever see the redacted argv.
@@ -220,8 +228,14 @@ class Pipeline:
         if ev.container_id is None and ev.cgroup_id > 1:
             info = self._resolver.container_of(ev.cgroup_id)
             if info is not None:
-                return ev.stamp(seq, (info.container_id, info.runtime, info.pod_uid))
-        return ev.stamp(seq)
+                # Before the table sees the event (it keeps the container);
+                # rare on most hosts, so the common path builds one tuple.
+                return ev._replace(
+                    container_id=info.container_id,
+                    container_runtime=info.runtime,
+                    pod_uid=info.pod_uid,
+                )
+        return ev
 
     # ---- sampling and status ---------------------------------------------------
 

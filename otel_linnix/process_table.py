@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from otel_linnix.events import NS_PER_TICK, EventKind, ProcessEvent, ProcessKey, ProcessSource
+from otel_linnix.lineage import LineagePolicy, parse_traceparent
 
 __all__ = ["FactsRow", "HostSample", "ProcessInfo", "ProcessSample", "ProcessTable", "TableStats"]
 
@@ -84,6 +85,12 @@ class ProcessInfo(NamedTuple):
     peak_rss_bytes: int | None
     oom_killed: bool
     sample: ProcessSample | None
+    # Lineage (otel_linnix.lineage): the TRACEPARENT the process's environment
+    # holds as far as known, and its span-style ids.
+    traceparent: str | None
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
 
     @property
     def pid(self) -> int:
@@ -97,6 +104,7 @@ class TableStats:
     evicted_exited: int
     evicted_live: int
     exits_inferred: int
+    traceparent_invalid: int = 0  # malformed TRACEPARENT values seen at exec (ignored)
 
 
 class _Entry:
@@ -123,14 +131,20 @@ class _Entry:
         "gid",
         "kernel_thread",
         "key",
+        "lineage",
         "oom_killed",
         "parent_key",
+        "parent_span_id",
         "peak_rss_bytes",
         "pod_uid",
         "ppid",
         "sample",
         "source",
+        "span_id",
         "start_time_ns",
+        "tp_known",
+        "trace_id",
+        "traceparent",
         "uid",
     )
 
@@ -164,6 +178,20 @@ class _Entry:
         self.peak_rss_bytes: int | None = None
         self.oom_killed = False
         self.sample: ProcessSample | None = None
+        # Set by ProcessTable._assign_lineage right after construction.
+        self.trace_id = ""
+        self.span_id = ""
+        self.parent_span_id: str | None = None
+        self.lineage: tuple[str, str, str | None] = ("", "", None)
+        # The TRACEPARENT of the environment, and whether it is known at all
+        # (a process whose parent was never seen may hold anything).
+        self.traceparent: str | None = None
+        self.tp_known = False
+
+    def set_lineage(self, trace_id: str, span_id: str, parent_span_id: str | None) -> None:
+        self.trace_id, self.span_id, self.parent_span_id = trace_id, span_id, parent_span_id
+        # The tuple the pipeline stamps on every event, built once per change.
+        self.lineage = (trace_id, span_id, parent_span_id)
 
     def info(self) -> ProcessInfo:
         # One C-level fetch of every field, in ProcessInfo's order: a
@@ -187,8 +215,16 @@ _FACTS_FIELDS = operator.attrgetter(
 class ProcessTable:
     """Processes by key, with parent/child links and bounded retention."""
 
-    def __init__(self, max_entries: int = 100_000, exited_retention_ns: int = 60_000_000_000):
+    def __init__(
+        self,
+        max_entries: int = 100_000,
+        exited_retention_ns: int = 60_000_000_000,
+        lineage: LineagePolicy | None = None,
+    ):
         self._max = max_entries
+        # Boot id and spawners the lineage ids are computed with.
+        self.lineage = lineage if lineage is not None else LineagePolicy()
+        self._traceparent_invalid = 0
         self._retention_ns = exited_retention_ns
         self._entries: dict[ProcessKey, _Entry] = {}
         self._live_by_pid: dict[int, ProcessKey] = {}
@@ -203,16 +239,18 @@ class ProcessTable:
 
     # ---- writes -----------------------------------------------------------
 
-    def apply(self, ev: ProcessEvent) -> None:
+    def apply(self, ev: ProcessEvent) -> tuple[str, str, str | None]:
+        """Apply one event; returns the process's (trace id, span id, parent span id)."""
         with self._lock:
-            self._apply(ev)
+            return self._apply(ev)
 
-    def apply_batch(self, events: Iterable[ProcessEvent]) -> None:
+    def apply_batch(self, events: Iterable[ProcessEvent]) -> list[tuple[str, str, str | None]]:
+        """Apply events in order; returns the lineage ids of each one's process
+        as they stand right after that event (what the pipeline stamps)."""
         with self._lock:
-            for ev in events:
-                self._apply(ev)
+            return [self._apply(ev) for ev in events]
 
-    def _apply(self, ev: ProcessEvent) -> None:
+    def _apply(self, ev: ProcessEvent) -> tuple[str, str, str | None]:
         kind = ev.kind
         # The key, built inline once: this runs for every event.
         start = ev.start_time_ns
@@ -233,6 +271,8 @@ class ProcessTable:
                 entry.argv_truncated = ev.argv_truncated
                 entry.uid, entry.gid = ev.uid, ev.gid
                 self._set_cgroup(entry, ev)
+                if self.lineage.traceparent:
+                    self._exec_traceparent(entry, ev.traceparent)
             if not ev.bootstrap:
                 entry.exec_count += 1
         elif kind is EventKind.EXIT:
@@ -248,6 +288,51 @@ class ProcessTable:
             self._set_cgroup(entry, ev)
         elif kind is EventKind.OOM_KILL:
             entry.oom_killed = True
+        return entry.lineage
+
+    def _assign_lineage(self, entry: _Entry, ev: ProcessEvent) -> None:
+        """Lineage ids of a new entry, in O(1) from its parent's entry.
+
+        Computed once here (and changed only by a TRACEPARENT at exec), so the
+        ids stay stable after ancestors are pruned and no event walks the tree.
+        """
+        key = entry.key
+        digest = self.lineage.digest(key.pid, key.start_time_ns)
+        span_id = digest[:8].hex()
+        parent_key = entry.parent_key
+        parent = self._entries.get(parent_key) if parent_key is not None else None
+        if parent is not None:
+            # fork copies the environment: the child holds the parent's TRACEPARENT.
+            entry.traceparent, entry.tp_known = parent.traceparent, parent.tp_known
+            if (
+                parent_key is not None
+                and parent_key.pid > 1
+                and not self.lineage.starts_work(parent.comm, parent.exe)
+            ):
+                entry.set_lineage(parent.trace_id, span_id, parent.span_id)
+                return
+        elif entry.ppid > 1 and ev.trace_id is not None:
+            # A replayed event whose parent is not in the recording (recorded
+            # without the start-up walk): keep the lineage it was recorded with.
+            entry.set_lineage(ev.trace_id, span_id, ev.parent_span_id)
+            return
+        entry.set_lineage(digest[:16].hex(), span_id, None)
+
+    def _exec_traceparent(self, entry: _Entry, value: str | None) -> None:
+        """A TRACEPARENT set for this process (not the one it inherited
+        unchanged) makes it join that trace, under that parent span."""
+        if entry.tp_known and value == entry.traceparent:
+            # Inherited unchanged: the real parent stays the parent span, so a
+            # tree under one traceparent keeps its shape.
+            return
+        entry.traceparent, entry.tp_known = value, True
+        if value is None:
+            return
+        parsed = parse_traceparent(value)
+        if parsed is None:
+            self._traceparent_invalid += 1
+            return
+        entry.set_lineage(parsed.trace_id, entry.span_id, parsed.parent_id)
 
     def _set_cgroup(self, entry: _Entry, ev: ProcessEvent) -> None:
         if ev.cgroup_id:
@@ -264,6 +349,7 @@ class ProcessTable:
         self._entries[key] = entry
         if parent_key is not None:
             self._link(entry, parent_key)
+        self._assign_lineage(entry, ev)
         if ev.kind is EventKind.EXIT:
             self._retire_older_holder(entry, ev.ts_ns)
         else:
@@ -486,6 +572,7 @@ class ProcessTable:
                 evicted_exited=self._evicted_exited,
                 evicted_live=self._evicted_live,
                 exits_inferred=self._exits_inferred,
+                traceparent_invalid=self._traceparent_invalid,
             )
 
     def __len__(self) -> int:

@@ -4,13 +4,16 @@ The same JSON object is the ``data:`` of a /stream event, so a recording
 can be made by ``otel-linnix record`` or by saving the stream. Every line
 carries ``"v": 1``; readers reject other versions with a clear error.
 Every field is always present (null where it does not apply), so consumers
-see one stable shape. Documented in docs/events.md.
+see one stable shape. Each line names the boot it was recorded on
+(``boot_id``), so a replay recomputes the same lineage ids. Documented in
+docs/events.md.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -34,6 +37,7 @@ __all__ = [
     "parse_iso_time",
     "read_events",
     "read_records",
+    "recording_boot_id",
     "sweep_from_dict",
     "sweep_to_dict",
 ]
@@ -50,7 +54,10 @@ _OPT_INT_FIELDS = (
     "rss_bytes",
 )
 _BOOL_FIELDS = ("argv_truncated", "core_dumped", "bootstrap", "kernel_thread")
-_OPT_STR_FIELDS = ("exe", "container_id", "container_runtime", "pod_uid")
+_OPT_STR_FIELDS = ("exe", "container_id", "container_runtime", "pod_uid", "traceparent")
+# Lineage ids: lowercase hex of a fixed length (otel_linnix.lineage).
+_HEX_FIELDS = (("trace_id", 32), ("span_id", 16), ("parent_span_id", 16))
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 @functools.lru_cache(maxsize=8192)
@@ -65,9 +72,9 @@ def iso_time(wall_ns: int) -> str:
     return f"{_second(secs)}.{ns:09d}Z"
 
 
-def encode_event(ev: ProcessEvent, wall_ns: int | None = None) -> bytes:
+def encode_event(ev: ProcessEvent, wall_ns: int | None = None, boot_id: str | None = None) -> bytes:
     """One event as compact JSON bytes (no newline): a JSONL line, a /stream ``data:``."""
-    return orjson.dumps(event_to_dict(ev, wall_ns))
+    return orjson.dumps(event_to_dict(ev, wall_ns, boot_id))
 
 
 def parse_iso_time(text: str) -> int | None:
@@ -81,11 +88,15 @@ def parse_iso_time(text: str) -> int | None:
     return int(stamp.timestamp()) * 1_000_000_000 + int(digits)
 
 
-def event_to_dict(ev: ProcessEvent, wall_ns: int | None = None) -> dict[str, Any]:
-    """The JSON object for one event. ``wall_ns`` adds a readable ``time``."""
+def event_to_dict(
+    ev: ProcessEvent, wall_ns: int | None = None, boot_id: str | None = None
+) -> dict[str, Any]:
+    """The JSON object for one event. ``wall_ns`` adds a readable ``time``;
+    ``boot_id`` (the UUID text) names the boot the lineage ids belong to."""
     return {
         "v": FORMAT_VERSION,
         "seq": ev.seq,
+        "boot_id": boot_id,
         "kind": ev.kind.value,
         "ts_ns": ev.ts_ns,
         "time": iso_time(wall_ns) if wall_ns is not None else None,
@@ -112,6 +123,10 @@ def event_to_dict(ev: ProcessEvent, wall_ns: int | None = None) -> dict[str, Any
         "bootstrap": ev.bootstrap,
         "kernel_thread": ev.kernel_thread,
         "source": ev.source.value,
+        "traceparent": ev.traceparent,
+        "trace_id": ev.trace_id,
+        "span_id": ev.span_id,
+        "parent_span_id": ev.parent_span_id,
     }
 
 
@@ -130,6 +145,13 @@ def _field(
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _hex_of(length: int) -> Callable[[Any], bool]:
+    def check(v: Any) -> bool:
+        return isinstance(v, str) and len(v) == length and _HEX_DIGITS.issuperset(v)
+
+    return check
 
 
 def event_from_dict(obj: Any) -> ProcessEvent:
@@ -181,6 +203,14 @@ def event_from_dict(obj: Any) -> ProcessEvent:
         required=False,
     )
     values["argv"] = tuple(argv) if argv is not None else None
+    for name, length in _HEX_FIELDS:
+        values[name] = _field(
+            obj,
+            name,
+            _hex_of(length),
+            f"{length} lowercase hex characters or null",
+            required=False,
+        )
     seq = obj.get("seq", 0)
     values["seq"] = seq if _is_int(seq) else 0
     return ProcessEvent(**values)
@@ -292,6 +322,23 @@ def read_records(
             on_error(line_no, f"invalid JSON: {exc.msg} at column {exc.colno}")
         except DataError as exc:
             on_error(line_no, str(exc))
+
+
+def recording_boot_id(stream: IO[str], max_lines: int = 1000) -> str | None:
+    """The ``boot_id`` of the first of ``max_lines`` lines that has one.
+
+    The lineage ids of a replay are recomputed with it. Recordings made
+    before the field existed have none (they replay with an all-zero boot id).
+    """
+    for line in itertools.islice(stream, max_lines):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        value = obj.get("boot_id") if isinstance(obj, dict) else None
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def read_events(stream: IO[str], on_error: Callable[[int, str], None]) -> Iterator[ProcessEvent]:

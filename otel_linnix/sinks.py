@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Protocol
 
@@ -101,14 +102,17 @@ class SinkWorker:
             return self._pending_cond.wait_for(lambda: not self._pending, timeout_s)
 
     def stop(self, timeout_s: float) -> None:
-        """Deliver what is queued (within the timeout), then shut the sink down."""
+        """Deliver what is queued, flush and shut the sink down, all within the
+        timeout (one deadline: a sink exporting to a dead collector must not
+        get the whole timeout once for each step)."""
+        deadline = time.monotonic() + timeout_s
         if self._thread is not None:
             self._stopping.set()
             self._wake.set()
             self._thread.join(timeout_s)
             self._thread = None
-        self.sink.flush(timeout_s)
-        self.sink.shutdown(timeout_s)
+        self.sink.flush(max(0.0, deadline - time.monotonic()))
+        self.sink.shutdown(max(0.0, deadline - time.monotonic()))
 
 
 class JsonlWriter:
@@ -116,15 +120,20 @@ class JsonlWriter:
 
     name = "jsonl"
 
-    def __init__(self, stream: IO[bytes], wall_ns: Callable[[int], int]) -> None:
+    def __init__(
+        self, stream: IO[bytes], wall_ns: Callable[[int], int], boot_id: str | None = None
+    ) -> None:
         self._stream = stream
         self._wall_ns = wall_ns
+        # On every line: a replay recomputes lineage ids with it.
+        self.boot_id = boot_id
         # Events come from the sink's thread, sweeps from the sampler's.
         self._lock = threading.Lock()
 
     def emit(self, events: Sequence[ProcessEvent]) -> None:
         offset = self._wall_ns(0)
-        lines = [encode_event(ev, ev.ts_ns + offset) for ev in events]
+        boot_id = self.boot_id
+        lines = [encode_event(ev, ev.ts_ns + offset, boot_id) for ev in events]
         with self._lock:
             self._stream.write(b"\n".join(lines) + b"\n")
 

@@ -28,7 +28,7 @@ __all__ = ["StreamHub", "StreamItem", "Subscriber", "SubscriberLimit"]
 class StreamItem:
     """One event as the stream carries it: sequence, kind and a lazily built frame."""
 
-    __slots__ = ("_frame", "event", "kind", "seq", "wall_ns")
+    __slots__ = ("_frame", "boot_id", "event", "kind", "seq", "wall_ns")
 
     def __init__(
         self,
@@ -37,11 +37,14 @@ class StreamItem:
         event: ProcessEvent | None,
         wall_ns: int,
         data: dict[str, object] | None = None,
+        *,
+        boot_id: str | None = None,
     ) -> None:
         self.seq = seq
         self.kind = kind
         self.event = event
         self.wall_ns = wall_ns
+        self.boot_id = boot_id
         self._frame: bytes | None = None
         if data is not None:
             self._frame = _frame(seq, kind, data)
@@ -52,7 +55,9 @@ class StreamItem:
         Two clients racing here build it twice, harmlessly.
         """
         if self._frame is None and self.event is not None:
-            self._frame = _frame(self.seq, self.kind, event_to_dict(self.event, self.wall_ns))
+            self._frame = _frame(
+                self.seq, self.kind, event_to_dict(self.event, self.wall_ns, self.boot_id)
+            )
         return self._frame or b""
 
 
@@ -62,10 +67,14 @@ def _frame(seq: int, kind: str, data: dict[str, object]) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, kind.encode(), orjson.dumps(data))
 
 
-def _item_of(entry: ProcessEvent | StreamItem, wall_offset_ns: int) -> StreamItem:
+def _item_of(
+    entry: ProcessEvent | StreamItem, wall_offset_ns: int, boot_id: str | None
+) -> StreamItem:
     if isinstance(entry, StreamItem):
         return entry
-    return StreamItem(entry.seq, entry.kind.value, entry, entry.ts_ns + wall_offset_ns)
+    return StreamItem(
+        entry.seq, entry.kind.value, entry, entry.ts_ns + wall_offset_ns, boot_id=boot_id
+    )
 
 
 class SubscriberLimit(Exception):
@@ -143,7 +152,11 @@ class StreamHub:
         max_subscribers: int,
         queue_events: int,
         wall_from_boot: Callable[[int], int],
+        boot_id: str | None = None,
     ) -> None:
+        # Written into every event's data, so a saved stream replays with
+        # the same lineage ids.
+        self.boot_id = boot_id
         self._backlog: collections.deque[ProcessEvent | StreamItem] = collections.deque(
             maxlen=backlog or None
         )
@@ -167,7 +180,7 @@ class StreamHub:
         subscribers = self._record(events, events[-1].seq)
         if subscribers:
             offset = self._wall_from_boot(0)
-            items = [_item_of(ev, offset) for ev in events]
+            items = [_item_of(ev, offset, self.boot_id) for ev in events]
             for sub in subscribers:
                 sub.offer(items)
 
@@ -221,7 +234,7 @@ class StreamHub:
             # began again. Everything retained is new to the client.
             last_event_id = 0
         offset = self._wall_from_boot(0)
-        missed = [_item_of(it, offset) for it in backlog if it.seq > last_event_id]
+        missed = [_item_of(it, offset, self.boot_id) for it in backlog if it.seq > last_event_id]
         gap = max(0, oldest - last_event_id - 1)
         if accept is not None:
             missed = [it for it in missed if accept(it)]

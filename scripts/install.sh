@@ -16,7 +16,10 @@ say() { printf 'install: %s\n' "$*"; }
 
 # --- Debian packages (bcc comes only from Debian; PyPI's "bcc" is unrelated) --
 apt_pkgs=(python3-bpfcc bpftool linux-headers-amd64 python3-venv)
-[ "$dev" = 1 ] && apt_pkgs+=(gcc libc6-dev curl)
+# prometheus: the metrics acceptance test starts its own server on a free
+# loopback port with its own storage; a service the package may start on :9090
+# is never used (--no-install-recommends keeps node-exporter out).
+[ "$dev" = 1 ] && apt_pkgs+=(gcc libc6-dev curl prometheus)
 if [ "$(id -u)" = 0 ]; then
   missing=()
   for p in "${apt_pkgs[@]}"; do

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from otel_linnix.api import alerts, errors, health, processes, stream
+from otel_linnix.api import alerts, errors, health, metrics, processes, stream
 from otel_linnix.api.context import ApiContext
 from otel_linnix.api.json_provider import OrjsonProvider
 
@@ -22,6 +22,6 @@ def create_app(ctx: ApiContext) -> Flask:
     app.config["LINNIX_TOKEN"] = ctx.config.api.auth_token
     app.extensions["linnix"] = ctx
     errors.install(app)
-    for module in (health, processes, stream, alerts):
+    for module in (health, processes, stream, alerts, metrics):
         app.register_blueprint(module.bp)
     return app

@@ -13,13 +13,21 @@ from otel_linnix.events import ProcessKey
 from otel_linnix.pipeline import Pipeline
 from otel_linnix.stream_hub import StreamHub
 
-__all__ = ["AlertSource", "ApiContext", "NoAlerts", "UserNames"]
+__all__ = ["AlertSource", "ApiContext", "MetricsSource", "NoAlerts", "UserNames"]
 
 
 class AlertSource(Protocol):
     """Where /alerts reads from (the rules engine, when it runs)."""
 
     def alerts(self, state: str | None, since_ns: int | None) -> Sequence[dict[str, object]]: ...
+
+
+class MetricsSource(Protocol):
+    """Where /metrics reads from (the agent's meter provider, when Prometheus is on)."""
+
+    content_type: str
+
+    def exposition(self) -> bytes: ...
 
 
 class NoAlerts:
@@ -67,6 +75,7 @@ class ApiContext:
     hub: StreamHub
     boot_clock: Callable[[], int]
     alert_source: AlertSource = field(default_factory=NoAlerts)
+    metrics: MetricsSource | None = None
     users: UserNames = field(default_factory=UserNames)
     mem_total_bytes: int = field(default_factory=_mem_total_bytes)
     # ProcessKey -> (what the object was built from, the /processes object)

@@ -97,6 +97,7 @@ def status() -> Response:
                 "evicted_exited": st.table.evicted_exited,
                 "evicted_live": st.table.evicted_live,
                 "exits_inferred": st.table.exits_inferred,
+                "traceparent_invalid": st.table.traceparent_invalid,
             },
             "sampler": {
                 "sweeps": st.sampler.sweeps,

@@ -68,6 +68,10 @@ def process_json(
         _peak,
         oom_killed,
         sample,
+        traceparent,
+        trace_id,
+        span_id,
+        parent_span_id,
     ) = info
     if sample is not None:
         _ts, cpu_time_ns, cpu, rss, fds, fd_limit, threads, letter = sample
@@ -113,6 +117,10 @@ def process_json(
         "core_dumped": core_dumped,
         "exit_time": iso_time(exit_ts + offset) if exit_ts else None,
         "oom_killed": oom_killed,
+        "traceparent": traceparent,
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "parent_span_id": parent_span_id,
     }
 
 
@@ -135,7 +143,8 @@ def listed_processes_json(
     out = []
     for info in infos:
         sample = info.sample
-        tag = (info[1:27], sample[1:] if sample is not None else None)
+        # Everything but the key and the sample (whose timestamp alone may move).
+        tag = (info[1:27], sample[1:] if sample is not None else None, info[28:])
         hit = cache.get(info.key)
         if hit is not None and hit[0] == tag:
             obj = hit[1].copy()
@@ -197,6 +206,9 @@ def _node(info: ProcessInfo, relationship: str, level: int) -> dict[str, Any]:
         "exit_code": exit_code,
         "exit_signal": exit_signal,
         "container_id": container_id,
+        "trace_id": info.trace_id,
+        "span_id": info.span_id,
+        "parent_span_id": info.parent_span_id,
     }
 
 
@@ -246,6 +258,9 @@ def graph_json(table: ProcessTable, focus: ProcessInfo, max_descendants: int) ->
                 "exit_code": None,
                 "exit_signal": None,
                 "container_id": None,
+                "trace_id": None,
+                "span_id": None,
+                "parent_span_id": None,
             }
         )
         edges.append(

@@ -47,7 +47,9 @@ HEADER = struct.Struct("<6I4Q16s")
 _FORK_TAIL = struct.Struct("<Q")
 _EXIT_TAIL = struct.Struct("<IIQQ")
 _OOM_TAIL = struct.Struct("<Q")
-_EXEC_TAIL = struct.Struct("<II")
+_EXEC_TAIL = struct.Struct("<IIII")
+# bpf/events.h TP_MAX: the traceparent field of an exec record.
+TP_MAX = 64
 _EV_FORK, _EV_EXEC, _EV_EXIT, _EV_OOM = 1, 2, 3, 4
 _F_KTHREAD, _F_ARGV_TRUNC, _F_FNAME_TRUNC = 1, 2, 4
 _STAT_NAMES = (
@@ -61,6 +63,7 @@ _STAT_NAMES = (
     "thread_map_full",
     "argv_faults",
     "forced_wakeups",
+    "env_scan_truncated",
 )
 _PAGE = resource.getpagesize()
 _EBPF = ProcessSource.EBPF
@@ -71,7 +74,8 @@ class RecordLayout:
     """Where the variable parts of an exec record sit for this build."""
 
     def __init__(self, filename_max: int) -> None:
-        self.exec_filename_off = HEADER.size + _EXEC_TAIL.size
+        self.exec_traceparent_off = HEADER.size + _EXEC_TAIL.size
+        self.exec_filename_off = self.exec_traceparent_off + TP_MAX
         self.exec_argv_off = self.exec_filename_off + filename_max
 
 
@@ -91,7 +95,7 @@ def decode_record(raw: bytes, layout: RecordLayout) -> ProcessEvent | None:
     pstart = parent_start_ns if ppid else None
     kthread = bool(flags & _F_KTHREAD)
     if kind == _EV_EXEC:
-        fname_len, argv_len = _EXEC_TAIL.unpack_from(raw, HEADER.size)
+        fname_len, argv_len, tp_len, _pad = _EXEC_TAIL.unpack_from(raw, HEADER.size)
         fstart = layout.exec_filename_off
         exe = raw[fstart : fstart + fname_len].decode("utf-8", "backslashreplace")
         block = raw[layout.exec_argv_off : layout.exec_argv_off + argv_len]
@@ -100,6 +104,12 @@ def decode_record(raw: bytes, layout: RecordLayout) -> ProcessEvent | None:
         if parts and parts[-1] == b"":
             parts.pop()
         argv = tuple(p.decode("utf-8", "backslashreplace") for p in parts)
+        tp = None
+        if tp_len:
+            tstart = layout.exec_traceparent_off
+            # Not decoded leniently into something valid: the parser rejects
+            # any non-ASCII value.
+            tp = raw[tstart : tstart + min(tp_len, TP_MAX)].decode("ascii", "replace")
         return ProcessEvent(
             EventKind.EXEC,
             ts_ns,
@@ -116,6 +126,7 @@ def decode_record(raw: bytes, layout: RecordLayout) -> ProcessEvent | None:
             argv,
             bool(flags & _F_ARGV_TRUNC),
             kernel_thread=kthread,
+            traceparent=tp,
         )
     if kind == _EV_EXIT:
         code, _pad, cpu_ns, peak_pages = _EXIT_TAIL.unpack_from(raw, HEADER.size)
@@ -256,8 +267,11 @@ class BpfSource:
         self,
         capture: CaptureConfig,
         clock: Callable[[], int] = lambda: time.clock_gettime_ns(time.CLOCK_BOOTTIME),
+        *,
+        traceparent: bool = True,
     ) -> None:
         self._capture = capture
+        self._traceparent = traceparent
         self._clock = clock
         self._btf_path = capture.btf_path
         self._layout = RecordLayout(capture.filename_max_bytes)
@@ -274,7 +288,9 @@ class BpfSource:
 
     def program(self) -> BpfProgram:
         """The program this source would load (BTF offsets resolved)."""
-        return build_program(self._capture, kernel_offsets(self._btf_path))
+        return build_program(
+            self._capture, kernel_offsets(self._btf_path), traceparent=self._traceparent
+        )
 
     def load(self) -> None:
         """Compile and attach; raises CaptureUnavailable with the reason.

@@ -15,7 +15,7 @@ from pathlib import Path
 from otel_linnix.config import CaptureConfig, bundled_path
 from otel_linnix.sources.btf import KernelOffsets
 
-__all__ = ["ENV_BPF_DIR", "BpfProgram", "bpf_dir", "build_program"]
+__all__ = ["ENV_BPF_DIR", "ENV_SCAN_MAX", "BpfProgram", "bpf_dir", "build_program"]
 
 ENV_BPF_DIR = "LINNIX_BPF_DIR"
 _MAIN = "lifecycle.bpf.c"
@@ -45,10 +45,23 @@ def bpf_dir(environ: dict[str, str] | None = None) -> Path:
     return Path(override) if override else bundled_path("bpf")
 
 
+# Bytes of a new image's environment searched for TRACEPARENT= at exec. Real
+# environments are 1-4 KiB; the scan costs a few ns per 8 bytes, so the cap
+# bounds the cost for huge ones (flagged, and counted as env_scan_truncated).
+ENV_SCAN_MAX = 8192
+
+
 def build_program(
-    capture: CaptureConfig, offsets: KernelOffsets, directory: Path | None = None
+    capture: CaptureConfig,
+    offsets: KernelOffsets,
+    directory: Path | None = None,
+    *,
+    traceparent: bool = True,
 ) -> BpfProgram:
-    """The lifecycle program for this kernel's layout and this configuration."""
+    """The lifecycle program for this kernel's layout and this configuration.
+
+    ``traceparent``: look for TRACEPARENT in each new image's environment
+    (``[lineage] traceparent``)."""
     where = directory or bpf_dir()
     source = where / _MAIN
     header = (where / _HEADER).read_text()
@@ -63,6 +76,8 @@ def build_program(
         "CPU_MAP_ENTRIES": capture.max_processes,
         "THREAD_MAP_ENTRIES": capture.max_processes * 4,
         "EXIT_OVERFLOW_ENTRIES": capture.exit_overflow_entries,
+        "TRACEPARENT_SCAN": int(traceparent),
+        "ENV_SCAN_MAX": ENV_SCAN_MAX,
     }
     cflags = [f"-D{name}={value}" for name, value in params.items()]
     cflags.extend(offsets.cflags())

@@ -23,6 +23,7 @@ from otel_linnix.events import NS_PER_TICK, EventKind, ProcessEvent, ProcessKey,
 __all__ = [
     "FD_LIMIT_UNLIMITED",
     "PAGE_SIZE",
+    "TRACEPARENT_MAX",
     "BootstrapScan",
     "ProcReader",
     "ProcStat",
@@ -60,6 +61,11 @@ _F_STATE, _F_PPID, _F_FLAGS = 0, 1, 6
 _F_UTIME, _F_STIME, _F_THREADS, _F_START, _F_RSS = 11, 12, 17, 19, 21
 
 _DELETED = " (deleted)"
+
+_TRACEPARENT = b"TRACEPARENT="
+# As many characters of the value as the kernel probe copies (a version-00
+# traceparent is 55; one more tells a longer value), so both read the same.
+TRACEPARENT_MAX = 56
 
 
 def boottime_ns() -> int:
@@ -240,6 +246,27 @@ class ProcReader:
                             out[f"{resource}.{kind}"] = float(value)
         return out
 
+    def traceparent(self, pid: int) -> str | None:
+        """The TRACEPARENT value of the process's environment, else None.
+
+        Only that value leaves this method (cut to TRACEPARENT_MAX
+        characters, as the kernel probe reads it): the rest of the
+        environment holds secrets and is dropped here.
+        """
+        data = self._read_pid(pid, "environ")
+        if not data:
+            return None
+        if data.startswith(_TRACEPARENT):
+            start = len(_TRACEPARENT)
+        else:
+            found = data.find(b"\0" + _TRACEPARENT)
+            if found < 0:
+                return None
+            start = found + 1 + len(_TRACEPARENT)
+        end = data.find(b"\0", start)
+        value = data[start : end if end >= 0 else len(data)][:TRACEPARENT_MAX]
+        return value.decode("ascii", "replace")
+
     def boot_id(self) -> str:
         """This boot's random id; raises OSError if /proc has none (not Linux)."""
         return self._read(f"{self.root}/sys/kernel/random/boot_id").decode("ascii").strip()
@@ -252,16 +279,19 @@ def read_exec_event(
     ts_ns: int,
     parent_start_time_ns: int | None,
     bootstrap: bool,
+    traceparent: bool = False,
 ) -> ProcessEvent | None:
     """A PROCFS EXEC event for the process ``stat`` was just read from.
 
     Reads the rest (ids, cmdline, exe), then reads stat again: if the process
     is gone or its pid now names a newer process, the reads may mix two
-    processes, so the answer is None and the caller skips it.
+    processes, so the answer is None and the caller skips it. With
+    ``traceparent`` the environment's TRACEPARENT is read too.
     """
     ids = reader.ids(stat.pid)
     argv = reader.cmdline(stat.pid)
     exe = reader.exe(stat.pid)
+    tp = reader.traceparent(stat.pid) if traceparent else None
     again = reader.stat(stat.pid)
     if ids is None or again is None or again.start_time_ns != stat.start_time_ns:
         return None
@@ -280,6 +310,7 @@ def read_exec_event(
         argv=argv,
         bootstrap=bootstrap,
         kernel_thread=stat.kernel_thread,
+        traceparent=tp,
     )
 
 
@@ -311,11 +342,12 @@ class BootstrapScan:
     cgroup_paths: Mapping[ProcessKey, str]
 
 
-def bootstrap_scan(reader: ProcReader, now_ns: int) -> BootstrapScan:
+def bootstrap_scan(reader: ProcReader, now_ns: int, *, traceparent: bool = False) -> BootstrapScan:
     """One EXEC event (``bootstrap=True``) per process alive now.
 
     Sorted by start time then pid, so parents come before their children.
-    Processes that vanish during the walk are left out.
+    Processes that vanish during the walk are left out. ``traceparent``: read
+    each one's TRACEPARENT too (lineage of processes older than the agent).
     """
     stats = [s for s in map(reader.stat, reader.pids()) if s is not None]
     stats.sort(key=lambda s: (s.start_time_ns, s.pid))
@@ -330,6 +362,7 @@ def bootstrap_scan(reader: ProcReader, now_ns: int) -> BootstrapScan:
             ts_ns=now_ns,
             parent_start_time_ns=parent_start_of(stat, start_times),
             bootstrap=True,
+            traceparent=traceparent,
         )
         if event is None:
             logger.debug("pid %d vanished during the start-up walk", stat.pid)

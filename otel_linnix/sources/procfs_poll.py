@@ -103,10 +103,14 @@ class ProcfsPollingSource:
         reader: ProcReader,
         interval_s: float,
         clock: Callable[[], int] = boottime_ns,
+        *,
+        traceparent: bool = False,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
         self._reader = reader
+        # Read each new process's TRACEPARENT, as the kernel probe does at exec.
+        self._traceparent = traceparent
         self._interval_s = interval_s
         self._clock = clock
         self._scan_lock = threading.Lock()
@@ -192,6 +196,7 @@ class ProcfsPollingSource:
                     ts_ns=now_ns,
                     parent_start_time_ns=parent_start_of(stat, start_times),
                     bootstrap=False,
+                    traceparent=self._traceparent,
                 )
                 # None: gone already (or pid reused mid-read); if a process
                 # still holds the key, the next scan tries again.

@@ -237,3 +237,7 @@ def test_bpf_dump_prints_program_and_flags(needs_ebpf: None, env: dict[str, str]
     assert "//   -DOFF_TASK_PID=" in proc.stdout
     assert "RAW_TRACEPOINT_PROBE(task_newtask)" in proc.stdout
     assert '#include "events.h"' not in proc.stdout  # the header is inlined
+    # The TRACEPARENT scan ([lineage] traceparent) and its documented cap.
+    assert "//   -DTRACEPARENT_SCAN=1" in proc.stdout
+    assert "//   -DENV_SCAN_MAX=8192" in proc.stdout
+    assert "read_traceparent(e, mm)" in proc.stdout

@@ -209,6 +209,7 @@ def test_status_reports_counts(client: FlaskClient) -> None:
         "evicted_exited": 0,
         "evicted_live": 0,
         "exits_inferred": 0,
+        "traceparent_invalid": 0,
     }
     assert set(body["sampler"]) == {"sweeps", "last_sweep_ms", "last_sweep_cpu_ms", "sampled"}
     assert body["stream"] == {
@@ -466,6 +467,40 @@ def test_graph_edges_name_the_parent_by_its_nodes_start_time(client: FlaskClient
         edge for edge in graph["edges"] if (edge["from"], edge["from_start_time_ns"]) not in nodes
     ]
     assert dangling == []
+
+
+def test_graph_and_processes_carry_lineage_ids(client: FlaskClient) -> None:
+    """Every node's parent span is its parent node's span; bash (a child of
+    pid 1) roots the trace its descendants share; /processes agrees."""
+    status, graph = get(client, "/graph/100")
+    assert status == 200
+    nodes = _nodes(graph)
+    for edge in graph["edges"]:
+        parent = nodes[(edge["from"], edge["from_start_time_ns"])]
+        child = nodes[(edge["to"], edge["to_start_time_ns"])]
+        if parent["pid"] == 1:
+            assert child["parent_span_id"] is None  # a lineage root
+            assert child["trace_id"].startswith(child["span_id"])
+        else:
+            assert child["parent_span_id"] == parent["span_id"]
+            assert child["trace_id"] == parent["trace_id"]
+    bash = nodes[(100, START["bash"])]
+    below = [n for n in nodes.values() if n["relationship"] == "descendant"]
+    assert below
+    assert {n["trace_id"] for n in below} == {bash["trace_id"]}
+    status, listed = get(client, "/processes/100")
+    assert status == 200
+    assert (listed["trace_id"], listed["span_id"], listed["parent_span_id"]) == (
+        bash["trace_id"],
+        bash["span_id"],
+        None,
+    )
+    assert listed["traceparent"] is None
+    status, orphan = get(client, "/graph/5000")
+    virtual = [n for n in orphan["nodes"] if n["relationship"] == "virtual_root"]
+    assert [(n["trace_id"], n["span_id"], n["parent_span_id"]) for n in virtual] == [
+        (None, None, None)
+    ]
 
 
 def test_graph_keeps_exited_processes_and_marks_them(client: FlaskClient) -> None:

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from otel_linnix.events import EventKind, ProcessEvent, ProcessSource
-from otel_linnix.sources.bpf import HEADER, RecordLayout, decode_record
+from otel_linnix.sources.bpf import HEADER, TP_MAX, RecordLayout, decode_record
 
 FNAME_MAX = 256
 LAYOUT = RecordLayout(FNAME_MAX)
@@ -34,9 +34,25 @@ def header(
     return HEADER.pack(kind, pid, ppid, uid, gid, flags, TS, START, PARENT_START, CGROUP, comm)
 
 
-def exec_record(filename: bytes, argv: bytes, *, flags: int = 0, comm: bytes = b"worker") -> bytes:
-    tail = struct.pack("<II", len(filename), len(argv))
-    return header(EV_EXEC, flags=flags, comm=comm) + tail + filename.ljust(FNAME_MAX, b"\0") + argv
+def exec_record(
+    filename: bytes,
+    argv: bytes,
+    *,
+    flags: int = 0,
+    comm: bytes = b"worker",
+    traceparent: bytes = b"",
+    stale: bytes = b"",
+) -> bytes:
+    """An exec record; ``stale`` fills the traceparent field past its length."""
+    tail = struct.pack("<IIII", len(filename), len(argv), len(traceparent), 0)
+    tp_field = (traceparent + stale).ljust(TP_MAX, b"\0")[:TP_MAX]
+    return (
+        header(EV_EXEC, flags=flags, comm=comm)
+        + tail
+        + tp_field
+        + filename.ljust(FNAME_MAX, b"\0")
+        + argv
+    )
 
 
 def exit_record(code: int, cpu_ns: int = 7_000_000, peak_pages: int = 300) -> bytes:
@@ -51,8 +67,29 @@ def decode(raw: bytes) -> ProcessEvent:
 
 def test_layout_matches_events_h() -> None:
     assert HEADER.size == 72  # struct event_header
-    assert LAYOUT.exec_filename_off == 72 + 8
-    assert LAYOUT.exec_argv_off == 72 + 8 + FNAME_MAX
+    assert LAYOUT.exec_traceparent_off == 72 + 16
+    assert LAYOUT.exec_filename_off == 72 + 16 + TP_MAX
+    assert LAYOUT.exec_argv_off == 72 + 16 + TP_MAX + FNAME_MAX
+
+
+TP = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_exec_traceparent_is_read_by_its_length() -> None:
+    ev = decode(exec_record(b"/bin/sh", b"sh\0", traceparent=TP, stale=b"\0junk"))
+    assert ev.traceparent == TP.decode()
+    assert ev.argv == ("sh",)
+    assert ev.exe == "/bin/sh"
+
+
+def test_exec_without_traceparent_has_none_even_with_stale_bytes() -> None:
+    assert decode(exec_record(b"/bin/sh", b"sh\0", stale=TP)).traceparent is None
+
+
+def test_exec_traceparent_non_ascii_stays_unparseable() -> None:
+    ev = decode(exec_record(b"/bin/sh", b"sh\0", traceparent=b"00-\xff"))
+    assert ev.traceparent is not None
+    assert not ev.traceparent.isascii() or "?" in ev.traceparent
 
 
 def test_header_fields() -> None:

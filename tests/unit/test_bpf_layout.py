@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_linnix.sources.bpf import HEADER, RecordLayout
+from otel_linnix.sources.bpf import HEADER, TP_MAX, RecordLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 FNAME_MAX, ARGV_MAX = 512, 4096
@@ -32,8 +32,9 @@ int main(void) {
     S(exit_event); P(exit_event, exit_code); P(exit_event, cpu_ns);
     P(exit_event, peak_rss_pages);
     S(oom_event); P(oom_event, rss_pages);
-    P(exec_event, fname_len); P(exec_event, argv_len); P(exec_event, filename);
-    P(exec_event, argv);
+    P(exec_event, fname_len); P(exec_event, argv_len); P(exec_event, tp_len);
+    P(exec_event, traceparent); P(exec_event, filename); P(exec_event, argv);
+    printf("TP_MAX %d\n", TP_MAX); printf("TP_COPY %d\n", TP_COPY);
     return 0;
 }
 """
@@ -72,5 +73,12 @@ def test_decoder_matches_events_h(tmp_path: Path) -> None:
     assert got["oom_event.rss_pages"] == HEADER.size
     assert got["exec_event.fname_len"] == HEADER.size
     assert got["exec_event.argv_len"] == HEADER.size + 4
+    assert got["exec_event.tp_len"] == HEADER.size + 8
+    assert got["exec_event.traceparent"] == layout.exec_traceparent_off
+    assert got["TP_MAX"] == TP_MAX
+    # 55 characters of a version-00 traceparent, one more to tell a longer
+    # value, and the NUL bpf_probe_read_user_str writes must fit.
+    assert got["TP_COPY"] == 56
+    assert got["TP_COPY"] + 1 <= TP_MAX
     assert got["exec_event.filename"] == layout.exec_filename_off
     assert got["exec_event.argv"] == layout.exec_argv_off

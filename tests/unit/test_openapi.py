@@ -46,6 +46,8 @@ from werkzeug.test import TestResponse
 from otel_linnix.api import ApiContext, create_app
 from otel_linnix.config import ApiConfig, Config
 from otel_linnix.containers import CgroupResolver
+from otel_linnix.export.metrics import MetricsTelemetry
+from otel_linnix.export.settings import resolve_export
 from otel_linnix.pipeline import Pipeline
 from otel_linnix.process_table import ProcessTable
 from otel_linnix.sinks import SinkWorker
@@ -151,7 +153,11 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         pipeline.sampler.sweep()
         now[0] += 1_000_000_000
         pipeline.sampler.sweep()
-        yield Api(create_app(ApiContext(config, pipeline, hub, clock)), pipeline, hub)
+        # /metrics from a real meter provider over the same pipeline.
+        telemetry = MetricsTelemetry(resolve_export(config.export, {}), pipeline, clock=clock)
+        context = ApiContext(config, pipeline, hub, clock, metrics=telemetry)
+        yield Api(create_app(context), pipeline, hub)
+        telemetry.shutdown(2.0)
     finally:
         pipeline.stop(timeout_s=2.0)
         set_hypothesis_home_dir(None)
@@ -340,6 +346,9 @@ def _probe(name: str, path: str, status: int, **kw: Any) -> Any:
 
 
 PROBES = [
+    # /metrics
+    _probe("metrics", "/metrics", 200),
+    _probe("metrics-without-token", "/metrics", 401, token=False),
     # /processes
     _probe("processes", "/processes", 200),
     _probe(

@@ -312,3 +312,24 @@ def test_sampler_thread_samples_live_processes(harnesses: list[Harness], cgroup_
     assert info.sample.fd_count == 4
     assert h.pipeline.status().sampler.sweeps >= 1
     assert h.stop_s is not None and h.stop_s < 2.0
+
+
+def test_every_event_is_stamped_with_its_process_lineage(
+    harnesses: list[Harness], cgroup_root: Path
+) -> None:
+    h = harness(harnesses, ReplaySource(TREE), cgroup_root)
+    events = h.run(len(BOOTSTRAP_PIDS) + TREE_EVENTS)
+    assert all(len(ev.trace_id or "") == 32 and len(ev.span_id or "") == 16 for ev in events)
+    for ev in events:
+        info = h.table.get(ev.key)
+        assert info is not None
+        assert (ev.trace_id, ev.span_id, ev.parent_span_id) == (
+            info.trace_id,
+            info.span_id,
+            info.parent_span_id,
+        )
+    by_pid = {ev.pid: ev for ev in events if not ev.bootstrap}
+    # bash is a child of the bootstrapped init: it roots the tree's trace.
+    assert by_pid[100].parent_span_id is None
+    assert by_pid[300].parent_span_id == by_pid[200].span_id
+    assert {by_pid[p].trace_id for p in (100, 200, 300, 301, 400)} == {by_pid[100].trace_id}

@@ -16,6 +16,7 @@ from otel_linnix.recording import (
     event_to_dict,
     iso_time,
     read_events,
+    recording_boot_id,
 )
 from tests.unit.conftest import RECORDINGS, make_event
 
@@ -50,7 +51,11 @@ def full_event(kind: EventKind) -> ProcessEvent:
         container_id="a" * 64,
         container_runtime="docker",
         pod_uid="c5de9fc7-6d1d-4d5b",
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         seq=99,
+        trace_id="0af7651916cd43dd8448eb211c80319c",
+        span_id="5266345710cfbed7",
+        parent_span_id="b7ad6b7169203331",
     )
 
 
@@ -69,7 +74,7 @@ def test_round_trip_keeps_every_field(kind: EventKind) -> None:
 def test_every_field_is_always_present() -> None:
     minimal = make_event(EventKind.FORK, 1, 0)
     obj = event_to_dict(minimal)
-    expected = set(ProcessEvent._fields) | {"v", "time"}
+    expected = set(ProcessEvent._fields) | {"v", "time", "boot_id"}
     assert set(obj) == expected
     assert obj["v"] == FORMAT_VERSION
     assert obj["time"] is None
@@ -217,3 +222,39 @@ def test_fixtures_are_valid_recordings(name: str) -> None:
         obj = json.loads(line)
         assert obj["v"] == 1
         assert set(obj) == set(event_to_dict(ev))
+
+
+def test_recorded_lines_name_their_boot() -> None:
+    boot = "3f2b8c1e-5d4a-4e6f-9a7b-0c1d2e3f4a5b"
+    obj = event_to_dict(make_event(EventKind.FORK, 1, 0), None, boot)
+    assert obj["boot_id"] == boot
+    assert event_to_dict(make_event(EventKind.FORK, 1, 0))["boot_id"] is None
+    stream = io.StringIO("\n".join(json.dumps(o) for o in ({"v": 1}, obj)) + "\n")
+    assert recording_boot_id(stream) == boot
+    assert recording_boot_id(io.StringIO('{"v": 1, "kind": "fork"}\nnot json\n')) is None
+
+
+def test_recordings_without_lineage_fields_still_load() -> None:
+    """Lines written before traceparent, the lineage ids and boot_id existed."""
+    old = valid()
+    for name in ("boot_id", "traceparent", "trace_id", "span_id", "parent_span_id"):
+        del old[name]
+    ev = event_from_dict(old)
+    assert (ev.traceparent, ev.trace_id, ev.span_id, ev.parent_span_id) == (None,) * 4
+    assert ev.argv == ("sh",)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("trace_id", "ABCDEF" * 5 + "00"),  # upper case
+        ("trace_id", "a" * 31),
+        ("span_id", "g" * 16),
+        ("parent_span_id", 12),
+    ],
+)
+def test_malformed_lineage_ids_are_rejected_naming_the_field(field: str, value: object) -> None:
+    obj = valid()
+    obj[field] = value
+    with pytest.raises(DataError, match=field):
+        event_from_dict(obj)

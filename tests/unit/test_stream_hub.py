@@ -249,9 +249,11 @@ def test_close_with_a_queued_event_wakes_take_with_it() -> None:
 def test_frames_are_built_lazily_once_and_shared(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
 
-    def counting(ev: ProcessEvent, wall_ns: int | None = None) -> dict[str, Any]:
+    def counting(
+        ev: ProcessEvent, wall_ns: int | None = None, boot_id: str | None = None
+    ) -> dict[str, Any]:
         calls.append(ev.seq)
-        return event_to_dict(ev, wall_ns)
+        return event_to_dict(ev, wall_ns, boot_id)
 
     monkeypatch.setattr(stream_hub, "event_to_dict", counting)
     hub = hub_of()
