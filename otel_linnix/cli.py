@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
@@ -60,6 +61,7 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
         self.signum: int | None = None
 
@@ -70,12 +72,22 @@ class _StopRequest:
 
     def wait(self, timeout_s: float | None) -> bool:
         """True once a stop was requested; False when ``timeout_s`` passed first."""
-        if self.signum is None:
-            select.select([self._read], [], [], timeout_s)
-        if self.signum is None:
-            return False
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.signum is None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self._read], [], [], left)
+            if not ready:
+                return False
+            # Woken by the interpreter's wakeup byte, possibly before the
+            # Python-level handler ran: drain and look again.
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._read, 512)
         log.info("received %s, stopping", signal.Signals(self.signum).name)
         return True
+
+    @property
+    def wakeup_fd(self) -> int:
+        return self._write
 
     def close(self) -> None:
         os.close(self._read)
@@ -86,9 +98,14 @@ class _StopRequest:
 def _stop_on_signals() -> Iterator[_StopRequest]:
     stop = _StopRequest()
     previous = {s: signal.signal(s, stop.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    # The kernel may deliver the signal to any thread; the interpreter then
+    # only flags it for the main thread, whose select would sleep on. The
+    # wakeup fd gets a byte from whichever thread caught it.
+    previous_fd = signal.set_wakeup_fd(stop.wakeup_fd, warn_on_full_buffer=False)
     try:
         yield stop
     finally:
+        signal.set_wakeup_fd(previous_fd)
         for s, h in previous.items():
             signal.signal(s, h)
         stop.close()

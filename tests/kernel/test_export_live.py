@@ -201,9 +201,11 @@ def test_a_collector_down_for_60_s_in_a_fork_storm_costs_nothing_and_export_resu
             # Warm-up with the collector up: every structure at its working size.
             _storm(workloads["forker"], 30, agent)
             lost_before = source.stats().lost_total
-            exported_before = agent.export_stats["logs"]()["exported"]
-            assert exported_before > 0
+            assert agent.export_stats["logs"]()["exported"] > 0
             receiver.stop()
+            # A batch already being answered when the collector went down may
+            # still complete and count as exported: at most one.
+            exported_before = agent.export_stats["logs"]()["exported"]
             receiver.clear()
             rss_before = _rss_bytes()
             storms, worst_health_s = _storm(workloads["forker"], 60, agent)
@@ -240,7 +242,8 @@ def test_a_collector_down_for_60_s_in_a_fork_storm_costs_nothing_and_export_resu
     assert queued <= ExportConfig().logs_queue
     assert held < 20 * MIB
     assert stats["failed"] > 0
-    assert stats["exported"] == exported_before  # nothing got through while it was down
+    # Nothing got through while it was down (but the one batch in flight at the cut).
+    assert stats["exported"] - exported_before <= config.export.logs_batch
     assert stats["dropped"] + stats["rate_limited"] > 0  # bounded: the excess went, counted
     assert found
 
