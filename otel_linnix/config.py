@@ -24,6 +24,7 @@ from otel_linnix.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "ENV_API_BIND_ADDRESS",
     "ENV_API_TOKEN",
     "ENV_CONFIG",
     "ENV_KERNEL_BTF",
@@ -53,6 +54,7 @@ ENV_LLM_MODEL = "LLM_MODEL"
 ENV_LLM_API_KEY = "LLM_API_KEY"
 ENV_KERNEL_BTF = "LINNIX_KERNEL_BTF"
 ENV_API_TOKEN = "LINNIX_API_TOKEN"  # noqa: S105 - the variable's name, not a secret
+ENV_API_BIND_ADDRESS = "LINNIX_API_BIND_ADDRESS"
 
 
 def _spec(
@@ -453,6 +455,11 @@ def load_config(
     if env.get(ENV_KERNEL_BTF):
         capture = dataclasses.replace(capture, btf_path=env[ENV_KERNEL_BTF])
     api = sections.get("api", ApiConfig())
+    if env.get(ENV_API_BIND_ADDRESS, "").strip():
+        # Containers and units set the address without a file of their own; the
+        # origin names the variable so a bad value is traced to it.
+        api = dataclasses.replace(api, bind_address=env[ENV_API_BIND_ADDRESS].strip())
+        origin = f"${ENV_API_BIND_ADDRESS} (over {origin})"
     if env.get(ENV_API_TOKEN, "").strip():
         api = dataclasses.replace(api, auth_token=env[ENV_API_TOKEN].strip())
     _check_bind(origin, api)

@@ -276,3 +276,17 @@ def test_bad_bind_address_and_bad_redaction_pattern_are_named(tmp_path: Path) ->
     message = load_error(path)
     assert "[privacy] redact_patterns: invalid regular expression '('" in message
     assert "[privacy] redact_flags: expected a list of strings" in message
+
+
+def test_bind_address_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path / "linnix.toml", "[api]\nbind_address = '127.0.0.1:3000'\n")
+    env = {"LINNIX_API_BIND_ADDRESS": "0.0.0.0:3001", "LINNIX_API_TOKEN": "t0ken"}
+    assert load_config(path, environ=env).api.bind_address == "0.0.0.0:3001"
+    # Without a token the override is refused like a file setting, naming the variable.
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={"LINNIX_API_BIND_ADDRESS": "0.0.0.0:3001"})
+    assert str(err.value).startswith(f"$LINNIX_API_BIND_ADDRESS (over {path}): [api] bind_address")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={"LINNIX_API_BIND_ADDRESS": "nonsense"})
+    assert "$LINNIX_API_BIND_ADDRESS" in str(err.value)
+    assert "expected host:port" in str(err.value)
