@@ -156,6 +156,8 @@ class Agent:
             export_stats=self.export_stats,
         )
         self.pipeline.sinks.append(SinkWorker(self.metrics.sink))
+        if ruleset is not None:
+            self.metrics.declare_rules((r.name, r.severity.label) for r in ruleset.enabled)
         if self.metrics.exporter is not None:
             self.export_stats["metrics"] = self.metrics.exporter.stats
         self._add_event_exporters(config, UserNames().name)

@@ -92,7 +92,8 @@ class RulesConfig:
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
     bind_address: str = "127.0.0.1:3000"
-    # Required on every route but /health when set; $LINNIX_API_TOKEN overrides.
+    # Required on every route but /health, /healthz, /readyz when set;
+    # $LINNIX_API_TOKEN overrides.
     auth_token: str | None = None
     max_stream_clients: int = field(default=64, metadata=_spec(1, 1000))
     stream_queue_events: int = field(default=10_000, metadata=_spec(10, 1_000_000))
@@ -438,12 +439,7 @@ def load_config(
         raise ConfigError("\n".join(errors))
 
     base = cfg_path.resolve().parent if cfg_path else None
-    rules = sections.get("rules", RulesConfig())
-    rules = dataclasses.replace(rules, config_path=_resolve_path(rules.config_path, base))
-    if rules.enabled and rules.config_path is not None and not Path(rules.config_path).is_file():
-        raise ConfigError(
-            f"{origin}: [rules] config_path: rules file not found: {rules.config_path}"
-        )
+    rules = _checked_rules(sections.get("rules", RulesConfig()), base, origin)
     llm = sections.get("llm", LlmConfig())
     llm = dataclasses.replace(
         llm,
@@ -454,7 +450,42 @@ def load_config(
     capture = sections.get("capture", CaptureConfig())
     if env.get(ENV_KERNEL_BTF):
         capture = dataclasses.replace(capture, btf_path=env[ENV_KERNEL_BTF])
-    api = sections.get("api", ApiConfig())
+    api = _api_with_env(sections.get("api", ApiConfig()), env, origin)
+    sections["api"] = api
+    sections["rules"] = rules
+    sections["llm"] = llm
+    sections["capture"] = capture
+    return Config(
+        **sections, source_path=str(cfg_path) if cfg_path else None, ignored_keys=tuple(ignored)
+    )
+
+
+def _checked_rules(rules: RulesConfig, base: Path | None, origin: str) -> RulesConfig:
+    """[rules] with config_path resolved against the file's folder, and the
+    rules file it will load checked to exist."""
+    rules = dataclasses.replace(rules, config_path=_resolve_path(rules.config_path, base))
+    if not rules.enabled:
+        return rules
+    if rules.config_path is not None:
+        if not Path(rules.config_path).is_file():
+            raise ConfigError(
+                f"{origin}: [rules] config_path: rules file not found: {rules.config_path}"
+            )
+        return rules
+    bundled = bundled_path("config", "rules.yaml")
+    if not bundled.is_file():
+        # An installation without the shipped rules (a partial copy of the
+        # tree): say so at start-up rather than when the rules load.
+        raise ConfigError(
+            f"{origin}: [rules] config_path: unset, and the default rules file "
+            f"is missing ({bundled}): set config_path or [rules] enabled = false"
+        )
+    return rules
+
+
+def _api_with_env(api: ApiConfig, env: Mapping[str, str], origin: str) -> ApiConfig:
+    """[api] with $LINNIX_API_BIND_ADDRESS and $LINNIX_API_TOKEN applied, and
+    the bind address checked (a non-loopback one needs a token)."""
     if env.get(ENV_API_BIND_ADDRESS, "").strip():
         # Containers and units set the address without a file of their own; the
         # origin names the variable so a bad value is traced to it.
@@ -463,10 +494,4 @@ def load_config(
     if env.get(ENV_API_TOKEN, "").strip():
         api = dataclasses.replace(api, auth_token=env[ENV_API_TOKEN].strip())
     _check_bind(origin, api)
-    sections["api"] = api
-    sections["rules"] = rules
-    sections["llm"] = llm
-    sections["capture"] = capture
-    return Config(
-        **sections, source_path=str(cfg_path) if cfg_path else None, ignored_keys=tuple(ignored)
-    )
+    return api

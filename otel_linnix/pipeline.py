@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Recent loss marks the agent degraded for this long.
 _LOSS_WINDOW_NS = 60_000_000_000
+# Exec paths that name a descriptor or a /proc link, not a program.
+_OPAQUE_EXEC_PATHS = ("/dev/fd/", "/proc/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +223,8 @@ class Pipeline:
             argv = self._redactor.redact(ev.argv)
             if argv is not ev.argv:
                 ev = ev._replace(argv=argv)
+        if ev.exe is not None and ev.exe.startswith(_OPAQUE_EXEC_PATHS):
+            ev = self._resolve_exec_image(ev)
         if ev.kind is EventKind.OOM_KILL and not ev.cgroup_id:
             # The OOM tracepoint runs in the allocating task: take the
             # victim's cgroup from what is known of it.
@@ -235,6 +239,20 @@ class Pipeline:
                     container_runtime=info.runtime,
                     pod_uid=info.pod_uid,
                 )
+        return ev
+
+    def _resolve_exec_image(self, ev: ProcessEvent) -> ProcessEvent:
+        """The file behind an exec through a descriptor or /proc/self/exe.
+
+        fexecve() (crun, systemd) and re-exec through /proc/self/exe (runc,
+        podman) hand the kernel a path such as /dev/fd/3 that names no
+        program; /proc/<pid>/exe does, while this very process still runs.
+        Otherwise the path is kept as the kernel gave it.
+        """
+        image = self._reader.exe(ev.pid)
+        stat = self._reader.stat(ev.pid) if image else None
+        if image and stat is not None and ProcessKey.of(ev.pid, stat.start_time_ns) == ev.key:
+            return ev._replace(exe=image)
         return ev
 
     # ---- sampling and status ---------------------------------------------------

@@ -14,8 +14,10 @@ __all__ = ["ApiError", "float_param", "install", "int_param", "str_param"]
 
 # Plain ASCII decimal integers only (int() also takes " 5", "1_000", "٣").
 _INTEGER = re.compile(r"-?[0-9]+\Z")
-# Routes that answer without a token: liveness must work for any prober.
-_OPEN_ROUTES = frozenset({"/health"})
+# Routes that answer without a token: liveness and readiness must work for
+# any prober (a kubelet httpGet probe cannot send a header from a Secret).
+# They tell only whether the agent runs and captures, as /health does.
+_OPEN_ROUTES = frozenset({"/health", "/healthz", "/readyz"})
 
 
 class ApiError(Exception):

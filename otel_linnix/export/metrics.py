@@ -93,6 +93,10 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # Exits whose final CPU time waits for the next collection, at most.
 _MAX_PENDING_EXITS = 100_000
 
+_EXEC = EventKind.EXEC
+_OPAQUE_EXEC_PATHS = ("/dev/fd/", "/proc/")
+_EXIT = EventKind.EXIT
+
 PID = "process.pid"
 EXE = "process.executable.name"
 CONTAINER = "container.id"
@@ -122,7 +126,9 @@ class _GroupNames:
 
     def executable(self, exe: str | None, comm: str) -> str:
         """semconv's process.executable.name: the base name of the exe, else comm."""
-        if not exe:
+        if not exe or exe.startswith(_OPAQUE_EXEC_PATHS):
+            # An exec through a descriptor whose file could not be resolved
+            # (/dev/fd/3 would be named "3"): the kernel's comm names it.
             return comm
         name = self._basenames.get(exe)
         if name is None:
@@ -209,22 +215,34 @@ class ExitRecorder:
     def emit(self, events: Sequence[ProcessEvent]) -> None:
         finals: list[tuple[ProcessKey, str, int]] = []
         identities = self._identities
+        # Exits are counted per batch and added once per (group, class): each
+        # add() through the SDK costs microseconds, and a fork storm brings
+        # thousands of exits of one executable per batch.
+        exits: dict[tuple[str, str], int] = {}
+        lifetime = self._lifetime
+        attrs_of: dict[str, dict[str, str]] = {}
         for ev in events:
-            if ev.kind is EventKind.EXEC:
+            kind = ev.kind
+            if kind is _EXEC:
                 identities.learn(ev)
                 continue
-            if ev.kind is not EventKind.EXIT:
+            if kind is not _EXIT:
                 continue
             key = ev.key
             identity = identities.forget(key) or identities.of(key)
             if identity is None:
                 continue  # evicted from the table already: nothing names it
             group = identity[1]
-            attrs = {EXE: group}
-            self._exits.add(1, {EXE: group, "linnix.exit.class": exit_class(ev)})
-            self._lifetime.record(max(0.0, (ev.ts_ns - ev.start_time_ns) / 1e9), attrs)
+            counted = (group, exit_class(ev))
+            exits[counted] = exits.get(counted, 0) + 1
+            attrs = attrs_of.get(group)
+            if attrs is None:
+                attrs = attrs_of[group] = {EXE: group}
+            lifetime.record(max(0.0, (ev.ts_ns - ev.start_time_ns) / 1e9), attrs)
             if ev.cpu_time_ns is not None:
                 finals.append((key, group, ev.cpu_time_ns))
+        for (group, klass), n in exits.items():
+            self._exits.add(n, {EXE: group, "linnix.exit.class": klass})
         if finals:
             with self._lock:
                 # Taken by each collection; bounded for an agent nobody scrapes
@@ -798,6 +816,19 @@ class MetricsTelemetry:
                 self._vanished[key] = missed
 
     # ---- the outside -------------------------------------------------------------
+
+    def declare_rules(self, rules: Iterable[tuple[str, str]]) -> None:
+        """Start the alert counter of every (rule, severity) at zero.
+
+        A counter series that first appears at 1 hides its first increase
+        from rate() and increase(): Prometheus has no earlier sample to
+        compare with. Declaring the series up front makes the first alert
+        of every rule count.
+        """
+        for rule, severity in rules:
+            self._alerts_raised.add(
+                0, {"linnix.alert.rule": rule, "linnix.alert.severity": severity}
+            )
 
     def record_alert(self, rule: str, severity: str, state: str) -> None:
         """An alert transition (Agent delivers them); firing ones are counted."""

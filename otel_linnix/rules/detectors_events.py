@@ -383,6 +383,8 @@ register(
 
 # ---- runaway_tree --------------------------------------------------------------------
 
+_MAX_CHAINS = 4096  # cached ancestor chains (one per forking parent)
+
 
 RUNAWAY_TREE_PARAMS: Mapping[str, Param] = {
     "births_per_s": Param(float, 100.0, lo=1e-6, doc="births below one root per second"),
@@ -442,6 +444,9 @@ class RunawayTreeDetector(EventDetector):
         # pid -> (process, ancestors credited with it as a live descendant)
         self._credited: dict[int, tuple[ProcessKey, tuple[ProcessKey, ...]]] = {}
         self._hot: set[ProcessKey] = set()  # nodes that may be over a limit
+        # parent -> the nodes credited for a birth under it (parent first);
+        # dropped whenever a node is forgotten or one of them exits.
+        self._chains: dict[ProcessKey, tuple[ProcessKey, ...]] = {}
         # hot node -> (bucket it was worked out in, top child births, top child live)
         # root -> (bucket epoch, its largest child by births, by live descendants)
         self._shares: dict[ProcessKey, tuple[int, ProcessKey | None, ProcessKey | None]] = {}
@@ -456,10 +461,7 @@ class RunawayTreeDetector(EventDetector):
     def observe_event(self, ev: ProcessEvent, accept: Callable[[ProcessEvent], bool]) -> None:
         kind = ev.kind
         if kind is _EXIT:
-            held = self._credited.get(ev.pid)
-            if held is not None and held[0] == ev.key:
-                del self._credited[ev.pid]
-                self._release(held[1])
+            self._on_exit(ev)
             return
         if kind is not _FORK or not accept(ev):
             return
@@ -471,12 +473,11 @@ class RunawayTreeDetector(EventDetector):
             # The pid was reused: the earlier holder's exit was lost.
             del self._credited[key.pid]
             self._release(held[1])
-        chain = self._lineage.ancestor_keys(key, self._max_depth)
-        if not chain:
-            return
         # Expire first, so no node is forgotten between being linked and credited.
         self._expire(ev.ts_ns)
-        credited = self._link(chain)
+        credited = self._credit_chain(key, ev.parent_key)
+        if credited is None:
+            return
         self._births.add(ev.ts_ns, credited)
         remember = len(self._credited) < _MAX_CREDITED
         if remember:
@@ -491,6 +492,35 @@ class RunawayTreeDetector(EventDetector):
                 node.live += 1
             if totals.get(a, 0) >= births_limit or (max_live and node.live >= max_live):
                 self._hot.add(a)
+
+    def _on_exit(self, ev: ProcessEvent) -> None:
+        held = self._credited.get(ev.pid)
+        if held is not None and held[0] == ev.key:
+            del self._credited[ev.pid]
+            self._release(held[1])
+        if self._chains and ev.key in self._nodes:
+            # Its children are re-parented: chains through it are stale.
+            self._chains.clear()
+
+    def _credit_chain(
+        self, key: ProcessKey, parent: ProcessKey | None
+    ) -> tuple[ProcessKey, ...] | None:
+        """The nodes a birth of ``key`` under ``parent`` credits, parent first."""
+        chains = self._chains
+        credited = chains.get(parent) if parent is not None else None
+        if credited is not None:
+            return credited
+        chain = self._lineage.ancestor_keys(key, self._max_depth)
+        if not chain:
+            return None
+        credited = self._link(chain)
+        # Siblings share the chain: a fork storm's children are credited
+        # without walking the table and re-linking the nodes each time.
+        if chain[0] == parent:
+            if len(chains) >= _MAX_CHAINS:
+                chains.clear()
+            chains[chain[0]] = credited
+        return credited
 
     def _link(self, chain: list[ProcessKey]) -> tuple[ProcessKey, ...]:
         """The nodes of ``chain`` (created as needed, linked child to parent)."""
@@ -524,6 +554,7 @@ class RunawayTreeDetector(EventDetector):
 
     def _forget(self, key: ProcessKey, node: _Node) -> None:
         del self._nodes[key]
+        self._chains.clear()
         self._hot.discard(key)
         self._shares.pop(key, None)
         if node.parent is not None:

@@ -293,3 +293,25 @@ def test_full_ring_buffer_counts_every_loss_and_keeps_every_exit(
     # records of unrelated processes lost in the same burst).
     assert stats.lost["exec"] >= lost_execs
     assert stats.lost["fork"] >= lost_forks
+
+
+def test_exec_through_a_descriptor_names_the_program(agent: Agent) -> None:
+    """fexecve() hands the kernel /dev/fd/N; the event names the file behind it."""
+    tag = _unique_seconds(3)
+    script = (
+        "import os; fd = os.open('/usr/bin/sleep', os.O_RDONLY); "
+        f"os.execve(fd, ['sleep', '{tag}'], {{}})"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        events = agent.collector.wait_for(
+            lambda evs: any(e.kind is EventKind.EXEC and e.argv and tag in e.argv for e in evs)
+        )
+        ev = next(e for e in events if e.kind is EventKind.EXEC and e.argv and tag in e.argv)
+        assert ev.pid == child.pid
+        assert ev.exe == os.path.realpath("/usr/bin/sleep")
+        info = agent.table.get(ev.key)
+        assert info is not None and info.exe == ev.exe
+    finally:
+        child.kill()
+        child.wait()

@@ -14,6 +14,7 @@ import pytest
 
 from otel_linnix.agent import Agent
 from otel_linnix.config import ApiConfig, CaptureConfig, Config, ExportConfig, RulesConfig
+from otel_linnix.rules.loader import load_rules
 from tests.otlp_receiver import OtlpReceiver
 from tests.unit.conftest import wait_until
 
@@ -81,3 +82,23 @@ def test_the_agent_exports_its_start_up_walk_and_stops_in_time_with_a_stuck_coll
         agent.stop(1.5)
         took = time.monotonic() - started
     assert took < 2.5
+
+
+def test_every_enabled_rule_has_an_alert_counter_from_the_start() -> None:
+    config = Config(
+        api=ApiConfig(bind_address="127.0.0.1:0"), capture=CaptureConfig(source="procfs")
+    )
+    agent = Agent(config)
+    agent.start()
+    try:
+        text = agent.metrics.exposition().decode()
+        enabled = load_rules(config.rules_path()).enabled
+        assert enabled
+        for rule in enabled:
+            line = (
+                f'linnix_alerts_total{{linnix_alert_rule="{rule.name}",'
+                f'linnix_alert_severity="{rule.severity.label}"}} 0.0'
+            )
+            assert line in text
+    finally:
+        agent.stop(1.0)

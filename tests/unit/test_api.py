@@ -592,7 +592,7 @@ def token_client(make_stack: StackFactory) -> FlaskClient:
 
 
 @pytest.mark.parametrize(
-    "path", ["/processes", "/processes/100", "/graph/100", "/healthz", "/status", "/alerts"]
+    "path", ["/processes", "/processes/100", "/graph/100", "/status", "/alerts", "/metrics"]
 )
 def test_token_is_required_without_a_header(token_client: FlaskClient, path: str) -> None:
     response = token_client.get(path)
@@ -619,9 +619,14 @@ def test_right_token_is_accepted(token_client: FlaskClient) -> None:
     assert status == 200
 
 
-def test_health_needs_no_token(token_client: FlaskClient) -> None:
+def test_health_and_probes_need_no_token(token_client: FlaskClient) -> None:
     status, body = get(token_client, "/health")
     assert (status, body["status"]) == (200, "ok")
+    # Kubelet httpGet probes cannot send a token from a Secret.
+    status, body = get(token_client, "/healthz")
+    assert (status, body["status"]) == (200, "ok")
+    status, body = get(token_client, "/readyz")
+    assert (status, body["ready"]) == (200, True)
 
 
 # ---- /alerts ------------------------------------------------------------------

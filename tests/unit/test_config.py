@@ -290,3 +290,18 @@ def test_bind_address_from_the_environment(tmp_path: Path) -> None:
         load_config(path, environ={"LINNIX_API_BIND_ADDRESS": "nonsense"})
     assert "$LINNIX_API_BIND_ADDRESS" in str(err.value)
     assert "expected host:port" in str(err.value)
+
+
+def test_missing_bundled_rules_are_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "nowhere" / "rules.yaml"
+    monkeypatch.setattr(config, "bundled_path", lambda *parts: missing)
+    path = write(tmp_path / "linnix.toml", "[api]\nbind_address = '127.0.0.1:3000'\n")
+    message = load_error(path)
+    assert message == (
+        f"{path}: [rules] config_path: unset, and the default rules file is missing "
+        f"({missing}): set config_path or [rules] enabled = false"
+    )
+    write(path, "[rules]\nenabled = false\n")
+    assert load_config(path, environ={}).rules.enabled is False

@@ -465,6 +465,25 @@ def test_runaway_tree_live_descendants_rise_and_fall_with_exits() -> None:
     assert tree.tracked == 0
 
 
+def test_runaway_tree_credits_siblings_right_when_an_ancestor_exits_mid_storm() -> None:
+    """Siblings share a cached ancestor chain; an ancestor's exit must not leave a
+    stale chain behind (its node is credited, released and forgotten as usual)."""
+    world = World()
+    middle = world.spawn(world.shell, T0 - 100 * S, "supervisor")
+    spawner = world.spawn(middle, T0 - 50 * S, "spawner")
+    tree = build(RunawayTreeDetector, "runaway_tree", world.table)
+    children = forks_from(world, spawner, 600, T0, 4 * S, comm="spawner")
+    world.feed(children[:300], tree)
+    world.feed([world.exit(middle, T0 + 2 * S, comm="supervisor")], tree)
+    world.feed(children[300:], tree)
+    (finding,) = tree.findings(children[-1].ts_ns)
+    assert finding.subject.pid == spawner.pid
+    assert (finding.evidence["births"], finding.evidence["live_descendants"]) == (600, 600)
+    world.feed([world.exit(c.key, T0 + 5 * S, comm="spawner") for c in children], tree)
+    assert tree.findings(T0 + 20 * S) == []
+    assert tree.tracked == 0
+
+
 def test_runaway_tree_ignores_processes_the_rule_rejects() -> None:
     world = World()
     bomb = world.fork(world.shell, T0 - 100 * MS, "bomb")

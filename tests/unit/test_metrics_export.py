@@ -36,6 +36,7 @@ from otel_linnix.export.metrics import (
     PROMETHEUS_CONTENT_TYPE,
     CountingMetricExporter,
     MetricsTelemetry,
+    _GroupNames,
 )
 from otel_linnix.export.resource import build_resource, host_id
 from otel_linnix.export.settings import resolve_export
@@ -324,6 +325,18 @@ def test_processes_named_by_firing_alerts_get_their_own_series(tmp_path: Path) -
         assert value(series, "linnix_alerts_total", linnix_alert_rule="fd_exhaustion") == 1
     finally:
         stack.close()
+
+
+def test_declared_rules_start_at_zero_so_the_first_alert_is_a_rate(metrics: MetricsStack) -> None:
+    metrics.telemetry.declare_rules([("fork_storm", "high"), ("oom_kill", "critical")])
+    series = metrics.series()
+    for rule, severity in (("fork_storm", "high"), ("oom_kill", "critical")):
+        assert value(series, "linnix_alerts_total", linnix_alert_rule=rule,
+                     linnix_alert_severity=severity) == 0  # fmt: skip
+    metrics.telemetry.record_alert("fork_storm", "high", "firing")
+    series = metrics.series()
+    assert value(series, "linnix_alerts_total", linnix_alert_rule="fork_storm") == 1
+    assert value(series, "linnix_alerts_total", linnix_alert_rule="oom_kill") == 0
 
 
 def test_series_of_an_exited_process_leave_the_next_scrape(metrics: MetricsStack) -> None:
@@ -692,3 +705,11 @@ def test_fixture_samples_are_what_the_tests_assume() -> None:
     assert {K_INIT, K_BASH, K_SERVER, K_ORPHAN, K_NGINX, K_SLEEP} == set(SAMPLES)
     assert max(SAMPLES, key=lambda k: SAMPLES[k][0]) == K_SERVER
     assert max(SAMPLES, key=lambda k: SAMPLES[k][1]) == K_SERVER
+
+
+def test_an_unresolved_descriptor_exec_is_named_by_comm() -> None:
+    names = _GroupNames()
+    assert names.executable("/dev/fd/3", "crun") == "crun"
+    assert names.executable("/proc/self/exe", "runc") == "runc"
+    assert names.executable("/usr/bin/crun", "crun") == "crun"
+    assert names.executable("/usr/local/bin/python3.11", "python3") == "python3.11"
