@@ -633,6 +633,8 @@ def test_unit_runs_the_installed_agent() -> None:
         "--config",
         "/etc/linnix/linnix.toml",
     ]
+    # Header links for the running kernel, outside the sandbox ("+").
+    assert service["ExecStartPre"] == ["+/opt/otel-linnix/scripts/install.sh --host-only"]
     assert service["EnvironmentFile"] == ["-/etc/linnix/otel-linnix.env"]
     assert "MALLOC_ARENA_MAX=2" in service["Environment"]
     assert service["Restart"] == ["on-failure"]
@@ -694,7 +696,9 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     text = UNIT.read_text(encoding="utf-8")
     copy = tmp_path / UNIT.name
     copy.write_text(
-        text.replace("ExecStart=/opt/otel-linnix/.venv/bin/otel-linnix", f"ExecStart={binary}"),
+        text.replace("ExecStart=/opt/otel-linnix/.venv/bin/otel-linnix", f"ExecStart={binary}")
+        # This checkout stands for the install location.
+        .replace("=+/opt/otel-linnix/scripts/", f"=+{ROOT}/scripts/"),
         encoding="utf-8",
     )
     assert copy.read_text(encoding="utf-8") != text
