@@ -6,8 +6,6 @@ import contextlib
 import os
 import secrets
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,23 +14,9 @@ import pytest
 from otel_linnix.containers import find_cgroup2_mount
 from otel_linnix.events import EventKind
 from tests.kernel.conftest import Agent
+from tests.kernel.oom import memory_cgroup, rmdir_retry, run_oom_victim, v1_memory_available
 
 pytestmark = pytest.mark.kernel
-
-V1_MEMORY = Path("/sys/fs/cgroup/memory")
-
-
-def _rmdir_retry(path: Path) -> None:
-    """A cgroup directory can be busy for a moment after its last task exits."""
-    for _ in range(100):
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.05)
-    path.rmdir()
 
 
 @contextlib.contextmanager
@@ -50,9 +34,9 @@ def docker_scope() -> Iterator[tuple[Path, str]]:
     try:
         yield scope, container_id
     finally:
-        _rmdir_retry(scope)
+        rmdir_retry(scope)
         if made_slice:
-            _rmdir_retry(slice_dir)
+            rmdir_retry(slice_dir)
 
 
 def test_process_in_docker_cgroup_carries_container_id(agent: Agent) -> None:
@@ -77,34 +61,19 @@ def test_process_in_docker_cgroup_carries_container_id(agent: Agent) -> None:
 
 
 @pytest.fixture
-def memory_cgroup() -> Iterator[Path]:
-    if not (V1_MEMORY / "memory.limit_in_bytes").exists():
+def oom_cgroup() -> Iterator[Path]:
+    if not v1_memory_available():
         pytest.skip("no cgroup v1 memory controller mounted at /sys/fs/cgroup/memory")
-    cg = V1_MEMORY / f"linnix-oom-{secrets.token_hex(4)}"
-    cg.mkdir()
-    try:
-        (cg / "memory.limit_in_bytes").write_text(str(64 << 20))
+    with memory_cgroup("linnix-oom") as cg:
         yield cg
-    finally:
-        _rmdir_retry(cg)
 
 
-def test_oom_kill_is_reported_with_the_victims_facts(agent: Agent, memory_cgroup: Path) -> None:
-    hog = "import sys, time\nblocks = []\nwhile True:\n    blocks.append(bytearray(8 << 20))\n"
-    proc = subprocess.Popen(
-        [
-            "sh",
-            "-c",
-            f'echo $$ > {memory_cgroup}/cgroup.procs && exec "$0" -c "$1"',
-            sys.executable,
-            hog,
-        ]
-    )
-    assert proc.wait(timeout=60) == -9
+def test_oom_kill_is_reported_with_the_victims_facts(agent: Agent, oom_cgroup: Path) -> None:
+    pid = run_oom_victim(oom_cgroup)
     events = agent.collector.wait_for(
-        lambda evs: any(e.pid == proc.pid and e.kind is EventKind.EXIT for e in evs)
+        lambda evs: any(e.pid == pid and e.kind is EventKind.EXIT for e in evs)
     )
-    mine = [e for e in events if e.pid == proc.pid]
+    mine = [e for e in events if e.pid == pid]
     oom = [e for e in mine if e.kind is EventKind.OOM_KILL]
     assert len(oom) == 1
     victim = oom[0]

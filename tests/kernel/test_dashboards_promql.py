@@ -29,18 +29,11 @@ this machine. tests/unit/test_grafana_dashboards.py checks its shape.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
-import secrets
-import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,12 +53,12 @@ from tests.dashboards import (
     substitute,
     variables,
 )
-from tests.kernel.test_container_and_oom import V1_MEMORY, _rmdir_retry
+from tests.kernel.oom import memory_cgroup, run_oom_victim, v1_memory_available
+from tests.prometheus_server import PrometheusServer, Series, require_prometheus
 from tests.unit.api_stack import free_port
 
 pytestmark = pytest.mark.kernel
 
-PROMETHEUS = "/usr/bin/prometheus"
 TOKEN = "dashboards-acceptance-token"
 EXAMPLE_JOB = "linnix"
 # Grafana's $__rate_interval is four scrape intervals at least; one minute
@@ -79,88 +72,6 @@ BUILTINS = {
     "__range_ms": "600000",
 }
 DASHBOARDS = load_dashboards()
-Series = list[dict[str, Any]]
-
-
-class Prometheus:
-    """/usr/bin/prometheus on a free loopback port, and its HTTP API."""
-
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
-        self.port = free_port()
-        path = workdir / "prometheus.yml"
-        path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        self.log = (workdir / "prometheus.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={path}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def get(self, path: str, **params: str) -> Any:
-        url = f"http://127.0.0.1:{self.port}{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return json.load(response)
-
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"prometheus exited with {self.process.returncode}: {self.log.name}")
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.port}/-/ready", timeout=2
-                ) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"prometheus not ready within {timeout_s} s")
-
-    def query(self, promql: str) -> Series:
-        answer = self.get("/api/v1/query", query=promql)
-        assert answer["status"] == "success", f"{promql}: {answer}"
-        result: Series = answer["data"]["result"]
-        return result
-
-    def label_values(self, label: str, selector: str | None) -> list[str]:
-        """What Grafana's label_values(selector, label) lists, over the last 10 minutes."""
-        params = {"start": str(time.time() - 600), "end": str(time.time())}
-        if selector is not None:
-            params["match[]"] = selector
-        answer = self.get(f"/api/v1/label/{urllib.parse.quote(label)}/values", **params)
-        assert answer["status"] == "success", answer
-        values: list[str] = answer["data"]
-        return values
-
-    def wait_for(
-        self, promql: str, test: Callable[[Series], bool] = bool, timeout_s: float = 45.0
-    ) -> Series:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            result = self.query(promql)
-            if test(result):
-                return result
-            if time.monotonic() > deadline:
-                pytest.fail(f"{promql}: {result} after {timeout_s} s")
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-        self.log.close()
 
 
 def scrape_config(agent_port: int, token_file: Path) -> dict[str, Any]:
@@ -207,16 +118,17 @@ def agent(needs_ebpf: None) -> Iterator[Agent]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(agent: Agent, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    if not os.access(PROMETHEUS, os.X_OK):
-        pytest.skip(f"{PROMETHEUS} is absent (Debian package prometheus, make install-dev)")
+def prometheus(
+    agent: Agent, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
+    require_prometheus()
     workdir = tmp_path_factory.mktemp("dashboards-prometheus")
     token_file = workdir / "token"
     token_file.write_text(TOKEN, encoding="utf-8")
-    server = Prometheus(workdir, scrape_config(agent.api.port, token_file))
+    server = PrometheusServer(workdir, scrape_config(agent.api.port, token_file))
     try:
         server.wait_ready()
-        server.wait_for(f'up{{job="{EXAMPLE_JOB}"}} == 1')
+        server.wait_query(f'up{{job="{EXAMPLE_JOB}"}} == 1')
         yield server
     finally:
         server.stop()
@@ -224,24 +136,15 @@ def prometheus(agent: Agent, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def _oom_kill() -> bool:
     """A Python process killed by the OOM killer in a 64 MiB v1 memory cgroup."""
-    if not (V1_MEMORY / "memory.limit_in_bytes").exists():
+    if not v1_memory_available():
         return False
-    cg = V1_MEMORY / f"linnix-dashboards-oom-{secrets.token_hex(4)}"
-    cg.mkdir()
-    try:
-        (cg / "memory.limit_in_bytes").write_text(str(64 << 20))
-        hog = "blocks = []\nwhile True:\n    blocks.append(bytearray(8 << 20))\n"
-        proc = subprocess.Popen(
-            ["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$0" -c "$1"', sys.executable, hog]
-        )
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        _rmdir_retry(cg)
+    with memory_cgroup("linnix-dashboards-oom") as cg:
+        run_oom_victim(cg)
     return True
 
 
 @pytest.fixture(scope="module")
-def workload(prometheus: Prometheus, workloads: dict[str, Path]) -> Iterator[Workload]:
+def workload(prometheus: PrometheusServer, workloads: dict[str, Path]) -> Iterator[Workload]:
     fdhog = workloads["fdhog"]
     done = Workload(executable=fdhog.name)
     try:
@@ -281,19 +184,19 @@ def workload(prometheus: Prometheus, workloads: dict[str, Path]) -> Iterator[Wor
         done.stop()
 
 
-def _wait_for_every_kind_of_data(prometheus: Prometheus, done: Workload) -> None:
+def _wait_for_every_kind_of_data(prometheus: PrometheusServer, done: Workload) -> None:
     exe = done.executable
-    prometheus.wait_for('linnix_alerts_firing{linnix_alert_rule="fd_exhaustion"}')
-    prometheus.wait_for('linnix_alerts_total{linnix_alert_rule="fork_storm"}')
-    prometheus.wait_for(f'process_uptime_seconds{{process_executable_name="{exe}"}}')
+    prometheus.wait_query('linnix_alerts_firing{linnix_alert_rule="fd_exhaustion"}')
+    prometheus.wait_query('linnix_alerts_total{linnix_alert_rule="fork_storm"} > 0')
+    prometheus.wait_query(f'process_uptime_seconds{{process_executable_name="{exe}"}}')
     for exit_class in ("error", "signal"):
-        prometheus.wait_for(
+        prometheus.wait_query(
             f'linnix_process_exits_total{{process_executable_name="{exe}",'
             f' linnix_exit_class="{exit_class}"}}'
         )
-    prometheus.wait_for('linnix_export_failures_total{linnix_signal="metrics"} > 0')
+    prometheus.wait_query('linnix_export_failures_total{linnix_signal="metrics"} > 0')
     if done.oom_killed:
-        prometheus.wait_for("linnix_oom_kills_total > 0")
+        prometheus.wait_query("linnix_oom_kills_total > 0")
     # Enough scrapes since the last of it for every rate to have two points.
     time.sleep(3)
 
@@ -303,7 +206,7 @@ def _has_a_number(result: Series) -> bool:
 
 
 def _resolve(
-    prometheus: Prometheus, board: dict[str, Any], preferred: dict[str, str]
+    prometheus: PrometheusServer, board: dict[str, Any], preferred: dict[str, str]
 ) -> tuple[dict[str, str], list[Variable], int]:
     """A value for every variable: each query variable asked of Prometheus in
     order; the preferred value when one is given (it must be offered), else the
@@ -334,7 +237,7 @@ def _resolve(
 
 
 def _empty_queries(
-    prometheus: Prometheus, board: dict[str, Any], values: dict[str, str]
+    prometheus: PrometheusServer, board: dict[str, Any], values: dict[str, str]
 ) -> tuple[list[str], int]:
     """Every Prometheus query of the dashboard run with ``values``: the ones
     without data, and how many ran."""
@@ -352,7 +255,7 @@ def _empty_queries(
 
 @pytest.mark.parametrize("path", list(DASHBOARDS), ids=lambda p: p.stem)
 def test_every_query_of_the_dashboard_returns_data(
-    path: Path, prometheus: Prometheus, workload: Workload
+    path: Path, prometheus: PrometheusServer, workload: Workload
 ) -> None:
     board = DASHBOARDS[path]
     preferred = {
@@ -376,13 +279,16 @@ def test_every_query_of_the_dashboard_returns_data(
     assert not empty, "queries without data:\n" + "\n".join(empty)
 
 
-def test_the_panels_show_what_the_workload_did(prometheus: Prometheus, workload: Workload) -> None:
+def test_the_panels_show_what_the_workload_did(
+    prometheus: PrometheusServer, workload: Workload
+) -> None:
     """A few panels read back as numbers: exits of every class, the alerts that
     fired, the OOM kill, the host name in the fleet view."""
     job = f'job="{EXAMPLE_JOB}"'
     classes = prometheus.query(f"sum by (linnix_exit_class) (linnix_process_exits_total{{{job}}})")
     assert {s["metric"]["linnix_exit_class"] for s in classes} == {"ok", "error", "signal"}
-    rules = prometheus.query(f"sum by (linnix_alert_rule) (linnix_alerts_total{{{job}}})")
+    # Every enabled rule has a series from the start (at 0): only the fired ones count.
+    rules = prometheus.query(f"sum by (linnix_alert_rule) (linnix_alerts_total{{{job}}}) > 0")
     assert {"fd_exhaustion", "fork_storm"} <= {s["metric"]["linnix_alert_rule"] for s in rules}
     if workload.oom_killed:
         oom = prometheus.query(f"sum(linnix_oom_kills_total{{{job}}})")

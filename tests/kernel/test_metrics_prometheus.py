@@ -10,15 +10,13 @@ through its HTTP API, as a user's dashboard would.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +25,11 @@ import pytest
 from otel_linnix.agent import Agent
 from otel_linnix.config import ApiConfig, Config, ExportConfig
 from tests.otlp_receiver import OtlpReceiver
+from tests.prometheus_server import PrometheusServer, require_prometheus
 from tests.unit.api_stack import free_port
 
 pytestmark = pytest.mark.kernel
 
-PROMETHEUS = "/usr/bin/prometheus"
 TOKEN = "prometheus-acceptance-token"
 
 
@@ -43,100 +41,27 @@ def agent(needs_ebpf: None) -> Iterator[Agent]:
     running.stop(5.0)
 
 
-class Prometheus:
-    """A Prometheus server of the test's own, and PromQL over its HTTP API."""
-
-    def __init__(self, workdir: Path, target_port: int) -> None:
-        self.port = free_port()
-        config = workdir / "prometheus.yml"
-        config.write_text(
-            "global:\n"
-            "  scrape_interval: 1s\n"
-            "  scrape_timeout: 1s\n"
-            "scrape_configs:\n"
-            "  - job_name: linnix\n"
-            "    metrics_path: /metrics\n"
-            "    authorization:\n"
-            f"      credentials: {TOKEN}\n"
-            "    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{target_port}']\n",
-            encoding="utf-8",
-        )
-        self.log = (workdir / "prometheus.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def get(self, path: str, **params: str) -> Any:
-        url = f"http://127.0.0.1:{self.port}{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.load(response)
-
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"prometheus exited with {self.process.returncode}; see {self.log.name}"
-                )
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.port}/-/ready", timeout=2
-                ) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"prometheus not ready within {timeout_s} s")
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        answer = self.get("/api/v1/query", query=promql)
-        assert answer["status"] == "success", answer
-        result: list[dict[str, Any]] = answer["data"]["result"]
-        return result
-
-    def wait_query(
-        self,
-        promql: str,
-        test: Callable[[list[dict[str, Any]]], bool] = bool,
-        timeout_s: float = 30.0,
-    ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            result = self.query(promql)
-            if test(result):
-                return result
-            if time.monotonic() > deadline:
-                targets = self.get("/api/v1/targets")["data"]["activeTargets"]
-                pytest.fail(f"{promql}: {result} after {timeout_s} s; targets: {targets}")
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-        self.log.close()
+def scrape_config(target_port: int) -> dict[str, Any]:
+    """One job scraping the agent's /metrics every second with the bearer token."""
+    return {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "linnix",
+                "metrics_path": "/metrics",
+                "authorization": {"credentials": TOKEN},
+                "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}],
+            }
+        ],
+    }
 
 
 @pytest.fixture(scope="module")
-def prometheus(agent: Agent, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    if not os.access(PROMETHEUS, os.X_OK):
-        pytest.skip(f"{PROMETHEUS} is absent (Debian package prometheus, make install-dev)")
-    server = Prometheus(tmp_path_factory.mktemp("prometheus"), agent.api.port)
+def prometheus(
+    agent: Agent, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
+    require_prometheus()
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), scrape_config(agent.api.port))
     try:
         server.wait_ready()
         yield server
@@ -144,7 +69,7 @@ def prometheus(agent: Agent, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         server.stop()
 
 
-def test_prometheus_scrapes_the_agent(prometheus: Prometheus) -> None:
+def test_prometheus_scrapes_the_agent(prometheus: PrometheusServer) -> None:
     up = prometheus.wait_query('up{job="linnix"}', lambda r: bool(r) and r[0]["value"][1] == "1")
     assert up[0]["metric"]["instance"].startswith("127.0.0.1:")
     for promql in (
@@ -163,7 +88,7 @@ def test_prometheus_scrapes_the_agent(prometheus: Prometheus) -> None:
     assert info[0]["metric"]["os_type"] == "linux"
 
 
-def test_forks_show_in_system_process_created(prometheus: Prometheus) -> None:
+def test_forks_show_in_system_process_created(prometheus: PrometheusServer) -> None:
     promql = 'system_process_created_total{job="linnix"}'
     before = float(prometheus.wait_query(promql)[0]["value"][1])
     for _ in range(20):
@@ -171,7 +96,9 @@ def test_forks_show_in_system_process_created(prometheus: Prometheus) -> None:
     prometheus.wait_query(promql, lambda r: bool(r) and float(r[0]["value"][1]) >= before + 20)
 
 
-def test_a_busy_process_gets_series_that_go_stale_when_it_exits(prometheus: Prometheus) -> None:
+def test_a_busy_process_gets_series_that_go_stale_when_it_exits(
+    prometheus: PrometheusServer,
+) -> None:
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     selector = f'process_cpu_time_seconds_total{{process_pid="{busy.pid}"}}'
     try:

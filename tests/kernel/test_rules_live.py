@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ from otel_linnix.agent import Agent
 from otel_linnix.config import ApiConfig, Config
 from otel_linnix.events import ProcessKey
 from otel_linnix.sources.procfs import boottime_ns
-from tests.kernel.test_container_and_oom import V1_MEMORY, _rmdir_retry
+from tests.kernel.oom import memory_cgroup, run_oom_victim, v1_memory_available
 
 pytestmark = pytest.mark.kernel
 
@@ -169,27 +167,18 @@ def test_crash_loop_of_a_segfaulting_program(agent: Agent, workloads: dict[str, 
 
 
 def test_oom_kill_alert_has_the_victims_facts(agent: Agent) -> None:
-    if not (V1_MEMORY / "memory.limit_in_bytes").exists():
+    if not v1_memory_available():
         pytest.skip("no cgroup v1 memory controller mounted at /sys/fs/cgroup/memory")
-    cg = V1_MEMORY / f"linnix-rules-oom-{secrets.token_hex(4)}"
-    cg.mkdir()
-    try:
-        (cg / "memory.limit_in_bytes").write_text(str(64 << 20))
-        hog = "blocks = []\nwhile True:\n    blocks.append(bytearray(8 << 20))\n"
-        proc = subprocess.Popen(
-            ["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$0" -c "$1"', sys.executable, hog]
-        )
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-        found = wait_alerts(agent, of_pid("oom_kill", proc.pid), 20)
+    with memory_cgroup("linnix-rules-oom") as cg:
+        pid = run_oom_victim(cg)
+        found = wait_alerts(agent, of_pid("oom_kill", pid), 20)
         evidence = found[0]["evidence"]
-        assert evidence["pid"] == proc.pid
+        assert evidence["pid"] == pid
         assert evidence["comm"].startswith("python")
         assert 32 << 20 < evidence["rss_bytes"] <= 80 << 20
         assert found[0]["severity"] == "critical"
-        wait_alerts(agent, of_pid("oom_kill", proc.pid), 30, state="resolved")
-        assert len(alerts_where(agent, of_pid("oom_kill", proc.pid))) == 1
-    finally:
-        _rmdir_retry(cg)
+        wait_alerts(agent, of_pid("oom_kill", pid), 30, state="resolved")
+        assert len(alerts_where(agent, of_pid("oom_kill", pid))) == 1
 
 
 def _write_project(root: Path, files: int) -> None:
