@@ -11,6 +11,7 @@ process) or the sweep's time (host figures), never on arrival.
 
 from __future__ import annotations
 
+import abc
 import heapq
 import math
 from array import array
@@ -102,7 +103,7 @@ class _Run:
         self.n += 1
 
 
-class _SustainedReading(SampleDetector):
+class _SustainedReading(SampleDetector, abc.ABC):
     """A process whose reading stays at or above a threshold in every sweep for a while.
 
     A missing reading or a lower one ends the run. A reading not refreshed
@@ -123,11 +124,13 @@ class _SustainedReading(SampleDetector):
         """Processes held (memory bounds, self-metrics)."""
         return len(self._runs)
 
+    @abc.abstractmethod
     def _reading(self, sample: ProcessSample) -> float | None:
-        raise NotImplementedError
+        """The figure compared with the threshold; None when the sample has none."""
 
+    @abc.abstractmethod
     def _evidence(self, run: _Run) -> dict[str, Any]:
-        raise NotImplementedError
+        """What a finding of ``run`` reports besides the common fields."""
 
     def observe_samples(
         self,
