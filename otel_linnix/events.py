@@ -14,11 +14,13 @@ from typing import NamedTuple
 
 __all__ = [
     "NS_PER_TICK",
+    "OPAQUE_EXEC_PATHS",
     "EventKind",
     "ProcessEvent",
     "ProcessKey",
     "ProcessSource",
     "decode_wait_status",
+    "executable_name",
 ]
 
 # /proc/<pid>/stat reports start times in USER_HZ ticks (always 100 on Linux,
@@ -63,6 +65,20 @@ class ProcessKey(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.pid}@{self.start_time_ns}"
+
+
+# Exec paths that name a descriptor or a /proc link rather than a program:
+# fexecve() (crun, systemd) hands the kernel /dev/fd/N, a re-exec through
+# /proc/self/exe (runc, podman) that link.
+OPAQUE_EXEC_PATHS = ("/dev/fd/", "/proc/")
+
+
+def executable_name(exe: str | None, comm: str) -> str:
+    """semconv's process.executable.name: the base name of the executable, else
+    comm (also for an opaque path: /dev/fd/3 would be named "3")."""
+    if not exe or exe.startswith(OPAQUE_EXEC_PATHS):
+        return comm
+    return exe.rsplit("/", 1)[-1] or comm
 
 
 def decode_wait_status(code: int) -> tuple[int | None, int | None, bool]:

@@ -22,7 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from otel_linnix.containers import CgroupResolver, parse_container
-from otel_linnix.events import EventKind, ProcessEvent, ProcessKey, ProcessSource
+from otel_linnix.events import (
+    OPAQUE_EXEC_PATHS,
+    EventKind,
+    ProcessEvent,
+    ProcessKey,
+    ProcessSource,
+)
 from otel_linnix.process_table import HostSample, ProcessSample, ProcessTable, TableStats
 from otel_linnix.redaction import Redactor
 from otel_linnix.sampler import Sampler, SweepStats
@@ -38,8 +44,6 @@ log = logging.getLogger(__name__)
 
 # Recent loss marks the agent degraded for this long.
 _LOSS_WINDOW_NS = 60_000_000_000
-# Exec paths that name a descriptor or a /proc link, not a program.
-_OPAQUE_EXEC_PATHS = ("/dev/fd/", "/proc/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +227,7 @@ class Pipeline:
             argv = self._redactor.redact(ev.argv)
             if argv is not ev.argv:
                 ev = ev._replace(argv=argv)
-        if ev.exe is not None and ev.exe.startswith(_OPAQUE_EXEC_PATHS):
+        if ev.exe is not None and ev.exe.startswith(OPAQUE_EXEC_PATHS):
             ev = self._resolve_exec_image(ev)
         if ev.kind is EventKind.OOM_KILL and not ev.cgroup_id:
             # The OOM tracepoint runs in the allocating task: take the

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from otel_linnix.config import Config
-from otel_linnix.events import EventKind, ProcessEvent, ProcessKey
+from otel_linnix.events import EventKind, ProcessEvent, ProcessKey, executable_name
 from otel_linnix.export.resource import build_resource
 from otel_linnix.export.settings import ExportSettings, OtlpTarget
 from otel_linnix.export.transport import ExportQueue, OtlpSender
@@ -138,10 +138,6 @@ def _severity_of(ev: ProcessEvent) -> bytes:
     if ev.kind is EventKind.OOM_KILL:
         return _ERROR
     return _INFO
-
-
-def _basename(path: str) -> str:
-    return path.rsplit("/", 1)[-1] or path
 
 
 def _ids(trace_id: str | None, span_id: str | None) -> bytes:
@@ -344,7 +340,7 @@ class LogExporter:
 
     def _encode_image(self, exe: str | None, argv: tuple[str, ...] | None, comm: str) -> bytes:
         a = self._attrs
-        out = a.text("process.executable.name", _basename(exe) if exe else comm)
+        out = a.text("process.executable.name", executable_name(exe, comm))
         if exe:
             out += a.text("process.executable.path", exe)
         if argv:
@@ -403,7 +399,12 @@ class LogExporter:
             parts.append(a.text("linnix.process.comm", subject.comm))
         if subject.exe is not None:
             parts.append(a.text("process.executable.path", subject.exe))
-            parts.append(a.text("process.executable.name", _basename(subject.exe)))
+            parts.append(
+                a.text(
+                    "process.executable.name",
+                    executable_name(subject.exe, subject.comm or subject.exe),
+                )
+            )
         if subject.container_id is not None:
             parts.append(a.text("container.id", subject.container_id))
         info = None

@@ -51,9 +51,9 @@ from prometheus_client import CollectorRegistry, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
-from otel_linnix.events import EventKind, ProcessEvent, ProcessKey
+from otel_linnix.events import EventKind, ProcessEvent, ProcessKey, executable_name
 from otel_linnix.export.resource import build_resource
-from otel_linnix.export.settings import ExportSettings, make_exporter
+from otel_linnix.export.settings import ExportSettings, make_metric_exporter
 from otel_linnix.pipeline import AgentStatus, Pipeline
 from otel_linnix.process_table import ProcessSample, ProcessTable
 
@@ -94,7 +94,6 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _MAX_PENDING_EXITS = 100_000
 
 _EXEC = EventKind.EXEC
-_OPAQUE_EXEC_PATHS = ("/dev/fd/", "/proc/")
 _EXIT = EventKind.EXIT
 
 PID = "process.pid"
@@ -110,7 +109,7 @@ def exit_class(ev: ProcessEvent) -> str:
 
 
 class _GroupNames:
-    """Executable name of a process, and the bounded set of group names.
+    """The bounded set of executable names that keep series of their own.
 
     The first ``MAX_GROUPS`` names seen keep their own series; any later one
     is ``OTHER_GROUP``, so a host running endless distinct executables cannot
@@ -120,22 +119,7 @@ class _GroupNames:
     def __init__(self, limit: int = MAX_GROUPS) -> None:
         self._limit = limit
         self._groups: set[str] = set()
-        # exe path -> base name; a few hundred distinct paths on a real host.
-        self._basenames: dict[str, str] = {}
         self._lock = threading.Lock()
-
-    def executable(self, exe: str | None, comm: str) -> str:
-        """semconv's process.executable.name: the base name of the exe, else comm."""
-        if not exe or exe.startswith(_OPAQUE_EXEC_PATHS):
-            # An exec through a descriptor whose file could not be resolved
-            # (/dev/fd/3 would be named "3"): the kernel's comm names it.
-            return comm
-        name = self._basenames.get(exe)
-        if name is None:
-            name = exe.rsplit("/", 1)[-1] or comm
-            if len(self._basenames) < 65_536:
-                self._basenames[exe] = name
-        return name
 
     def group(self, name: str) -> str:
         if name in self._groups:
@@ -167,7 +151,7 @@ class _Identities:
         self.by_key: dict[ProcessKey, _Identity] = {}
 
     def learn(self, ev: ProcessEvent) -> None:
-        name = self._names.executable(ev.exe, ev.comm)
+        name = executable_name(ev.exe, ev.comm)
         self.by_key[ev.key] = (name, self._names.group(name), ev.container_id)
 
     def of(self, key: ProcessKey) -> _Identity | None:
@@ -176,7 +160,7 @@ class _Identities:
             row = self._table.facts_row(key)
             if row is None:
                 return None
-            name = self._names.executable(row[1], row[0])
+            name = executable_name(row[1], row[0])
             found = self.by_key.setdefault(key, (name, self._names.group(name), row[4]))
         return found
 
@@ -446,7 +430,7 @@ class MetricsTelemetry:
             )
         self.exporter: CountingMetricExporter | None = None
         if settings.metrics is not None:
-            self.exporter = CountingMetricExporter(make_exporter(settings.metrics))
+            self.exporter = CountingMetricExporter(make_metric_exporter(settings.metrics))
             readers.append(
                 PeriodicExportingMetricReader(
                     self.exporter,

@@ -4,7 +4,7 @@ The variables win over the file, as the OpenTelemetry specification asks, and
 per-signal variables win over the general ones. Values are checked here, once,
 at start-up: a malformed header list, an unknown protocol or an endpoint that
 is not a URL is a ConfigError naming the variable or key, never a silent
-default. Exporters are built from the result by ``make_exporter``.
+default. The metric exporter is built from the result by ``make_metric_exporter``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ __all__ = [
     "SIGNALS",
     "ExportSettings",
     "OtlpTarget",
-    "make_exporter",
+    "make_metric_exporter",
     "parse_key_values",
     "resolve_export",
 ]
@@ -183,53 +183,27 @@ def resolve_export(cfg: ExportConfig, env: Mapping[str, str]) -> ExportSettings:
     )
 
 
-def make_exporter(target: OtlpTarget) -> Any:
-    """The SDK's OTLP exporter for ``target`` (gRPC or HTTP/protobuf)."""
+def make_metric_exporter(target: OtlpTarget) -> Any:
+    """The SDK's OTLP metric exporter for ``target`` (gRPC or HTTP/protobuf).
+
+    Logs and spans do not go through the SDK's exporters: the agent encodes
+    them itself (wire.py) and sends them with transport.py.
+    """
     # Imported here: the exporters pull in grpc and requests, which only an
     # agent that exports needs.
     # ruff: noqa: PLC0415
     headers = dict(target.headers)
     if target.protocol == "grpc":
-        endpoint = target.endpoint
-        if target.signal == "metrics":
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-            return OTLPMetricExporter(
-                endpoint=endpoint,
-                insecure=target.insecure,
-                headers=headers,
-                timeout=target.timeout_s,
-            )
-        if target.signal == "logs":
-            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-
-            return OTLPLogExporter(
-                endpoint=endpoint,
-                insecure=target.insecure,
-                headers=headers,
-                timeout=target.timeout_s,
-            )
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter(
-            endpoint=endpoint, insecure=target.insecure, headers=headers, timeout=target.timeout_s
+        return OTLPMetricExporter(
+            endpoint=target.endpoint,
+            insecure=target.insecure,
+            headers=headers,
+            timeout=target.timeout_s,
         )
-    if target.signal == "metrics":
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-            OTLPMetricExporter as HttpMetricExporter,
-        )
-
-        return HttpMetricExporter(
-            endpoint=target.endpoint, headers=headers, timeout=target.timeout_s
-        )
-    if target.signal == "logs":
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import (
-            OTLPLogExporter as HttpLogExporter,
-        )
-
-        return HttpLogExporter(endpoint=target.endpoint, headers=headers, timeout=target.timeout_s)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpSpanExporter,
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetricExporter,
     )
 
-    return HttpSpanExporter(endpoint=target.endpoint, headers=headers, timeout=target.timeout_s)
+    return HttpMetricExporter(endpoint=target.endpoint, headers=headers, timeout=target.timeout_s)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from otel_linnix.config import Config
-from otel_linnix.events import EventKind, ProcessEvent, ProcessKey
+from otel_linnix.events import EventKind, ProcessEvent, ProcessKey, executable_name
 from otel_linnix.export.logs import SCOPE_NAME, export_redactor, package_version
 from otel_linnix.export.resource import build_resource
 from otel_linnix.export.settings import ExportSettings, OtlpTarget
@@ -233,7 +233,7 @@ class SpanExporter:
         a = self._attrs
         image = span.exec_ev
         exe = image.exe
-        name = exe.rsplit("/", 1)[-1] if exe else image.comm
+        name = executable_name(exe, image.comm)
         parts = [
             len_field(b"\x0a", span.trace_id),
             len_field(b"\x12", span.span_id),

@@ -6,7 +6,7 @@ import pytest
 
 from otel_linnix.config import ExportConfig
 from otel_linnix.errors import ConfigError
-from otel_linnix.export.settings import make_exporter, parse_key_values, resolve_export
+from otel_linnix.export.settings import make_metric_exporter, parse_key_values, resolve_export
 
 BASE = "http://collector:4318"
 
@@ -160,17 +160,16 @@ def test_bad_file_values_name_the_key() -> None:
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
-def test_make_exporter_builds_the_sdk_exporter_for_each_signal(protocol: str) -> None:
+def test_make_metric_exporter_builds_the_sdk_exporter_for_the_protocol(protocol: str) -> None:
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
         "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
     }
-    settings = resolve_export(ExportConfig(traces=True), env)
+    target = resolve_export(ExportConfig(), env).metrics
+    assert target is not None
     module = "grpc" if protocol == "grpc" else "http"
-    for target in (settings.metrics, settings.logs, settings.traces):
-        assert target is not None
-        exporter = make_exporter(target)
-        try:
-            assert f".proto.{module}." in type(exporter).__module__, target.signal
-        finally:
-            exporter.shutdown()
+    exporter = make_metric_exporter(target)
+    try:
+        assert f".proto.{module}.metric_exporter" in type(exporter).__module__
+    finally:
+        exporter.shutdown()

@@ -29,14 +29,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from otel_linnix.config import ApiConfig, Config, ExportConfig
 from otel_linnix.containers import CgroupResolver
-from otel_linnix.events import EventKind, ProcessKey
+from otel_linnix.events import EventKind, ProcessKey, executable_name
 from otel_linnix.export.metrics import (
     MAX_GROUPS,
     OTHER_GROUP,
     PROMETHEUS_CONTENT_TYPE,
     CountingMetricExporter,
     MetricsTelemetry,
-    _GroupNames,
 )
 from otel_linnix.export.resource import build_resource, host_id
 from otel_linnix.export.settings import resolve_export
@@ -418,6 +417,19 @@ def test_executable_cpu_counter_never_goes_down_as_processes_move(tmp_path: Path
         stack.close()
 
 
+def idle_pipeline(table: ProcessTable, tmp_path: Path) -> Pipeline:
+    """A pipeline around ``table`` that is never started: what MetricsTelemetry reads."""
+    return Pipeline(
+        ReplaySource(tmp_path / "none.jsonl"),
+        table,
+        ProcReader(str(PROC_FIXTURE)),
+        CgroupResolver(root=str(tmp_path)),
+        [],
+        clock=lambda: CLOCK_NS,
+        sample_interval_s=3600.0,
+    )
+
+
 def test_series_count_with_5000_processes_stays_within_the_budget(tmp_path: Path) -> None:
     """5,000 live processes of 40 executables: the series count follows the
     budget and the executables, not the processes."""
@@ -435,15 +447,7 @@ def test_series_count_with_5000_processes_stays_within_the_budget(tmp_path: Path
         )
     table.apply_batch(events)
     table.update_samples(samples)
-    pipeline = Pipeline(
-        ReplaySource(tmp_path / "none.jsonl"),
-        table,
-        ProcReader(str(PROC_FIXTURE)),
-        CgroupResolver(root=str(tmp_path)),
-        [],
-        clock=lambda: CLOCK_NS,
-        sample_interval_s=3600.0,
-    )
+    pipeline = idle_pipeline(table, tmp_path)
     settings = resolve_export(ExportConfig(top_processes=20), {})
     telemetry = MetricsTelemetry(settings, pipeline, clock=lambda: CLOCK_NS)
     try:
@@ -470,15 +474,7 @@ def test_executable_groups_are_bounded(tmp_path: Path) -> None:
             for i in range(MAX_GROUPS + 50)
         ]
     )
-    pipeline = Pipeline(
-        ReplaySource(tmp_path / "none.jsonl"),
-        table,
-        ProcReader(str(PROC_FIXTURE)),
-        CgroupResolver(root=str(tmp_path)),
-        [],
-        clock=lambda: CLOCK_NS,
-        sample_interval_s=3600.0,
-    )
+    pipeline = idle_pipeline(table, tmp_path)
     telemetry = MetricsTelemetry(
         resolve_export(ExportConfig(top_processes=0), {}), pipeline, clock=lambda: CLOCK_NS
     )
@@ -708,8 +704,8 @@ def test_fixture_samples_are_what_the_tests_assume() -> None:
 
 
 def test_an_unresolved_descriptor_exec_is_named_by_comm() -> None:
-    names = _GroupNames()
-    assert names.executable("/dev/fd/3", "crun") == "crun"
-    assert names.executable("/proc/self/exe", "runc") == "runc"
-    assert names.executable("/usr/bin/crun", "crun") == "crun"
-    assert names.executable("/usr/local/bin/python3.11", "python3") == "python3.11"
+    assert executable_name("/dev/fd/3", "crun") == "crun"
+    assert executable_name("/proc/self/exe", "runc") == "runc"
+    assert executable_name("/usr/bin/crun", "crun") == "crun"
+    assert executable_name("/usr/local/bin/python3.11", "python3") == "python3.11"
+    assert executable_name(None, "kworker") == "kworker"
