@@ -13,14 +13,25 @@ from __future__ import annotations
 import operator
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from otel_linnix.events import NS_PER_TICK, EventKind, ProcessEvent, ProcessKey, ProcessSource
 from otel_linnix.lineage import LineagePolicy, parse_traceparent
 
-__all__ = ["FactsRow", "HostSample", "ProcessInfo", "ProcessSample", "ProcessTable", "TableStats"]
+__all__ = [
+    "FactsRow",
+    "GraphRow",
+    "GraphRows",
+    "HostSample",
+    "ProcessInfo",
+    "ProcessSample",
+    "ProcessTable",
+    "TableStats",
+]
+
+_T = TypeVar("_T")
 
 # /graph walks at most this far up; a deeper chain means a cycle in bad input.
 _MAX_DEPTH = 4096
@@ -210,6 +221,61 @@ FactsRow = tuple[
 _FACTS_FIELDS = operator.attrgetter(
     "comm", "exe", "argv", "uid", "container_id", "container_runtime", "parent_key"
 )
+
+# What a /graph node shows of a process: key, ppid, parent key, start time,
+# comm, exe, uid, gid, exec count, bootstrap, exited, exit code, exit signal,
+# container id, trace id, span id, parent span id (api.serialize reads it in
+# this order). One C-level fetch per node instead of a whole ProcessInfo: a
+# graph of thousands of descendants is built per /graph request.
+GraphRow = tuple[
+    ProcessKey,
+    int,
+    ProcessKey | None,
+    int,
+    str,
+    str | None,
+    int,
+    int,
+    int,
+    bool,
+    bool,
+    int | None,
+    int | None,
+    str | None,
+    str,
+    str,
+    str | None,
+]
+_GRAPH_FIELDS = operator.attrgetter(
+    "key",
+    "ppid",
+    "parent_key",
+    "start_time_ns",
+    "comm",
+    "exe",
+    "uid",
+    "gid",
+    "exec_count",
+    "bootstrap",
+    "exited",
+    "exit_code",
+    "exit_signal",
+    "container_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GraphRows:
+    """The lineage of one process, read under one lock (a consistent cut)."""
+
+    focus: GraphRow
+    ancestors: list[GraphRow]  # parent first, up to the oldest one in the table
+    siblings: list[GraphRow]
+    levels: list[list[GraphRow]]  # descendants breadth first: children, grandchildren...
+    truncated: bool  # more descendants than asked for
 
 
 class ProcessTable:
@@ -495,18 +561,8 @@ class ProcessTable:
 
     def ancestors(self, key: ProcessKey) -> list[ProcessInfo]:
         """Parent first, up to the oldest ancestor still in the table."""
-        out: list[ProcessInfo] = []
         with self._lock:
-            entry = self._entries.get(key)
-            seen = {key}
-            while entry is not None and entry.parent_key is not None and len(out) < _MAX_DEPTH:
-                if entry.parent_key in seen:
-                    break
-                seen.add(entry.parent_key)
-                entry = self._entries.get(entry.parent_key)
-                if entry is not None:
-                    out.append(entry.info())
-        return out
+            return self._walk_up(key, _Entry.info)
 
     def ancestor_keys(self, key: ProcessKey, max_depth: int) -> list[ProcessKey]:
         """Keys of the known ancestors of ``key``, parent first, at most ``max_depth``."""
@@ -535,34 +591,86 @@ class ProcessTable:
 
     def siblings(self, key: ProcessKey) -> list[ProcessInfo]:
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or entry.parent_key is None:
-                return []
-            return [
-                self._entries[k].info()
-                for k in self._children.get(entry.parent_key, ())
-                if k != key and k in self._entries
-            ]
+            return self._siblings(key, _Entry.info)
 
     def descendants(self, key: ProcessKey, limit: int = 100_000) -> list[tuple[ProcessInfo, int]]:
         """Breadth-first (process, depth) pairs below ``key``; depth 1 = children."""
-        out: list[tuple[ProcessInfo, int]] = []
         with self._lock:
-            frontier = [key]
-            seen = {key}
-            depth = 0
-            while frontier and len(out) < limit:
-                depth += 1
-                nxt: list[ProcessKey] = []
-                for parent in frontier:
-                    for child in self._children.get(parent, ()):
-                        if child in seen or child not in self._entries:
-                            continue
-                        seen.add(child)
-                        out.append((self._entries[child].info(), depth))
-                        nxt.append(child)
-                frontier = nxt
-        return out[:limit]
+            levels, _ = self._walk_down(key, limit, _Entry.info)
+        return [(info, depth) for depth, level in enumerate(levels, start=1) for info in level]
+
+    def graph_rows(self, key: ProcessKey, max_descendants: int) -> GraphRows | None:
+        """Ancestors, siblings and at most ``max_descendants`` descendants of ``key``."""
+        with self._lock:
+            focus = self._entries.get(key)
+            if focus is None:
+                return None
+            levels, truncated = self._walk_down(key, max_descendants, _GRAPH_FIELDS)
+            return GraphRows(
+                _GRAPH_FIELDS(focus),
+                self._walk_up(key, _GRAPH_FIELDS),
+                self._siblings(key, _GRAPH_FIELDS),
+                levels,
+                truncated,
+            )
+
+    # The walks below run under the lock; ``fetch`` turns an entry into what
+    # the caller returns (a ProcessInfo, or the few fields of a GraphRow).
+
+    def _walk_up(self, key: ProcessKey, fetch: Callable[[_Entry], _T]) -> list[_T]:
+        out: list[_T] = []
+        entry = self._entries.get(key)
+        seen = {key}
+        while entry is not None and entry.parent_key is not None and len(out) < _MAX_DEPTH:
+            if entry.parent_key in seen:
+                break  # a cycle in bad input
+            seen.add(entry.parent_key)
+            entry = self._entries.get(entry.parent_key)
+            if entry is not None:
+                out.append(fetch(entry))
+        return out
+
+    def _siblings(self, key: ProcessKey, fetch: Callable[[_Entry], _T]) -> list[_T]:
+        entry = self._entries.get(key)
+        if entry is None or entry.parent_key is None:
+            return []
+        entries = self._entries
+        return [
+            fetch(entries[k])
+            for k in self._children.get(entry.parent_key, ())
+            if k != key and k in entries
+        ]
+
+    def _walk_down(
+        self, key: ProcessKey, limit: int, fetch: Callable[[_Entry], _T]
+    ) -> tuple[list[list[_T]], bool]:
+        """Descendants level by level (children first), at most ``limit``;
+        and whether there were more."""
+        entries, children = self._entries, self._children
+        levels: list[list[_T]] = []
+        frontier = [key]
+        seen = {key}
+        room = limit
+        while frontier:
+            level: list[_T] = []
+            nxt: list[ProcessKey] = []
+            for parent in frontier:
+                for k in children.get(parent, ()):
+                    child = entries.get(k)
+                    if child is None or k in seen:
+                        continue
+                    if room == 0:
+                        if level:
+                            levels.append(level)
+                        return levels, True
+                    room -= 1
+                    seen.add(k)
+                    level.append(fetch(child))
+                    nxt.append(k)
+            if level:
+                levels.append(level)
+            frontier = nxt
+        return levels, False
 
     def stats(self) -> TableStats:
         with self._lock:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from otel_linnix.api.context import ApiContext
-from otel_linnix.process_table import ProcessInfo, ProcessTable
+from otel_linnix.events import ProcessKey
+from otel_linnix.process_table import GraphRow, GraphRows, ProcessInfo, ProcessTable
 from otel_linnix.recording import iso_time
 
 __all__ = ["STATE_NAMES", "graph_json", "listed_processes_json", "process_json"]
@@ -159,57 +160,90 @@ def listed_processes_json(
     return out
 
 
-def _node(info: ProcessInfo, relationship: str, level: int) -> dict[str, Any]:
-    (
-        key,
-        ppid,
-        _parent,
-        start,
-        comm,
-        exe,
-        _argv,
-        _trunc,
-        uid,
-        gid,
-        _cgroup,
-        container_id,
-        _runtime,
-        _pod,
-        _kthread,
-        bootstrap,
-        _source,
-        exec_count,
-        exited,
-        _exit_ts,
-        exit_code,
-        exit_signal,
-        *_rest,
-    ) = info
-    if exited:
-        event_type = "exit"
-    elif exec_count or bootstrap:
-        event_type = "exec"
-    else:
-        event_type = "fork"
-    return {
-        "pid": key.pid,
-        "ppid": ppid,
-        "start_time_ns": start,
-        "comm": comm,
-        "exe": exe,
-        "uid": uid,
-        "gid": gid,
-        "event_type": event_type,
-        "relationship": relationship,
-        "level": level,
-        "exited": exited,
-        "exit_code": exit_code,
-        "exit_signal": exit_signal,
-        "container_id": container_id,
-        "trace_id": info.trace_id,
-        "span_id": info.span_id,
-        "parent_span_id": info.parent_span_id,
-    }
+class _GraphBuilder:
+    """Nodes and edges of one graph, appended level by level."""
+
+    def __init__(self, starts: dict[ProcessKey, int]) -> None:
+        self.starts = starts  # key -> exact start time of every node's process
+        self.nodes: list[dict[str, Any]] = []
+        self.edges: list[dict[str, int | None]] = []
+
+    def add(self, rows: list[GraphRow], relationship: str, level: int) -> None:
+        """The node of every row, and its edge from a parent in the graph.
+
+        Runs for every node of a graph: one tuple unpacking, one dict literal.
+        """
+        starts, nodes, edges = self.starts, self.nodes, self.edges
+        for (
+            key,
+            ppid,
+            parent_key,
+            start,
+            comm,
+            exe,
+            uid,
+            gid,
+            exec_count,
+            bootstrap,
+            exited,
+            exit_code,
+            exit_signal,
+            container_id,
+            trace_id,
+            span_id,
+            parent_span_id,
+        ) in rows:
+            pid = key.pid
+            nodes.append(
+                {
+                    "pid": pid,
+                    "ppid": ppid,
+                    "start_time_ns": start,
+                    "comm": comm,
+                    "exe": exe,
+                    "uid": uid,
+                    "gid": gid,
+                    "event_type": "exit"
+                    if exited
+                    else "exec"
+                    if exec_count or bootstrap
+                    else "fork",
+                    "relationship": relationship,
+                    "level": level,
+                    "exited": exited,
+                    "exit_code": exit_code,
+                    "exit_signal": exit_signal,
+                    "container_id": container_id,
+                    "trace_id": trace_id,
+                    "span_id": span_id,
+                    "parent_span_id": parent_span_id,
+                }
+            )
+            # Keys are tick-truncated; edges carry the nodes' exact start times.
+            if parent_key is not None and parent_key in starts:
+                edges.append(
+                    {
+                        "from": parent_key.pid,
+                        "to": pid,
+                        "from_start_time_ns": starts[parent_key],
+                        "to_start_time_ns": start,
+                    }
+                )
+
+    def add_virtual_root(self, top: GraphRow, level: int) -> None:
+        """The parent of ``top`` that is not in the table, as Linnix shows it."""
+        top_key, ppid, _parent_key, top_start = top[:4]
+        node: dict[str, Any] = dict.fromkeys(self.nodes[0])  # the same keys, in order
+        node.update(pid=ppid, relationship="virtual_root", level=level)
+        self.nodes.append(node)
+        self.edges.append(
+            {
+                "from": ppid,
+                "to": top_key.pid,
+                "from_start_time_ns": None,
+                "to_start_time_ns": top_start,
+            }
+        )
 
 
 def graph_json(table: ProcessTable, focus: ProcessInfo, max_descendants: int) -> dict[str, Any]:
@@ -219,62 +253,48 @@ def graph_json(table: ProcessTable, focus: ProcessInfo, max_descendants: int) ->
     A parent that is not in the table (it exited before the retention window,
     or before the agent started) becomes a ``virtual_root`` node, as in Linnix.
     """
-    members: list[tuple[ProcessInfo, str, int]] = [(focus, "self", 0)]
-    ancestors = table.ancestors(focus.key)
-    members.extend((info, "ancestor", -depth) for depth, info in enumerate(ancestors, start=1))
-    members.extend((info, "sibling", 0) for info in table.siblings(focus.key))
-    # One more than asked tells whether the subtree was cut.
-    below = table.descendants(focus.key, limit=max_descendants + 1)
-    truncated = len(below) > max_descendants
-    members.extend((info, "descendant", depth) for info, depth in below[:max_descendants])
-    nodes = [_node(info, rel, level) for info, rel, level in members]
-    # Keys are tick-truncated; edges carry the nodes' exact start times.
-    present = {info.key: info for info, _, _ in members}
-    edges: list[dict[str, int | None]] = [
-        {
-            "from": info.parent_key.pid,
-            "to": info.pid,
-            "from_start_time_ns": present[info.parent_key].start_time_ns,
-            "to_start_time_ns": info.start_time_ns,
-        }
-        for info, _, _ in members
-        if info.parent_key is not None and info.parent_key in present
-    ]
-    top = ancestors[-1] if ancestors else focus
-    if top.ppid > 0 and (top.parent_key is None or top.parent_key not in present):
-        nodes.append(
-            {
-                "pid": top.ppid,
-                "ppid": None,
-                "start_time_ns": None,
-                "comm": None,
-                "exe": None,
-                "uid": None,
-                "gid": None,
-                "event_type": None,
-                "relationship": "virtual_root",
-                "level": -len(ancestors) - 1,
-                "exited": None,
-                "exit_code": None,
-                "exit_signal": None,
-                "container_id": None,
-                "trace_id": None,
-                "span_id": None,
-                "parent_span_id": None,
-            }
-        )
-        edges.append(
-            {
-                "from": top.ppid,
-                "to": top.pid,
-                "from_start_time_ns": None,
-                "to_start_time_ns": top.start_time_ns,
-            }
-        )
+    rows = table.graph_rows(focus.key, max_descendants)
+    if rows is None:  # pruned between the lookup and now: a graph of one
+        rows = GraphRows(_graph_row(focus), [], [], [], False)
+    everyone = [rows.focus, *rows.ancestors, *rows.siblings]
+    for level_rows in rows.levels:
+        everyone.extend(level_rows)
+    graph = _GraphBuilder({row[0]: row[3] for row in everyone})
+    graph.add([rows.focus], "self", 0)
+    for depth, row in enumerate(rows.ancestors, start=1):
+        graph.add([row], "ancestor", -depth)
+    graph.add(rows.siblings, "sibling", 0)
+    for depth, level_rows in enumerate(rows.levels, start=1):
+        graph.add(level_rows, "descendant", depth)
+    top = rows.ancestors[-1] if rows.ancestors else rows.focus
+    if top[1] > 0 and (top[2] is None or top[2] not in graph.starts):
+        graph.add_virtual_root(top, -len(rows.ancestors) - 1)
     return {
         "root": focus.pid,
         "start_time_ns": focus.start_time_ns,
-        "nodes": nodes,
-        "edges": edges,
-        "truncated": truncated,
+        "nodes": graph.nodes,
+        "edges": graph.edges,
+        "truncated": rows.truncated,
     }
+
+
+def _graph_row(info: ProcessInfo) -> GraphRow:
+    return (
+        info.key,
+        info.ppid,
+        info.parent_key,
+        info.start_time_ns,
+        info.comm,
+        info.exe,
+        info.uid,
+        info.gid,
+        info.exec_count,
+        info.bootstrap,
+        info.exited,
+        info.exit_code,
+        info.exit_signal,
+        info.container_id,
+        info.trace_id,
+        info.span_id,
+        info.parent_span_id,
+    )
