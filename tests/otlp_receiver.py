@@ -23,7 +23,7 @@ import http.server
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -80,6 +80,19 @@ def attributes_of(pairs: Iterable[KeyValue]) -> dict[str, Any]:
     """Repeated KeyValue -> dict (a repeated key keeps its last value, and is
     reported by ``duplicate_keys``)."""
     return {kv.key: decode_value(kv.value) for kv in pairs}
+
+
+def _items(
+    resources: Iterable[Any], scopes: str, items: str
+) -> Iterator[tuple[dict[str, Any], Any, Any]]:
+    """(resource attributes, scope, item) of every item of one OTLP request:
+    the resource -> scope -> item nesting every signal shares (``scopes`` and
+    ``items`` name the signal's repeated fields)."""
+    for r in resources:
+        resource = attributes_of(r.resource.attributes)
+        for scoped in getattr(r, scopes):
+            for item in getattr(scoped, items):
+                yield resource, scoped.scope, item
 
 
 def duplicate_keys(pairs: Iterable[KeyValue]) -> list[str]:
@@ -368,66 +381,57 @@ class OtlpReceiver:
 
     @staticmethod
     def _log_records_of(req: Received) -> list[LogRecordView]:
-        out = []
-        for rl in req.message.resource_logs:
-            resource = attributes_of(rl.resource.attributes)
-            for sl in rl.scope_logs:
-                for rec in sl.log_records:
-                    out.append(
-                        LogRecordView(
-                            resource=resource,
-                            scope_name=sl.scope.name,
-                            scope_version=sl.scope.version,
-                            event_name=rec.event_name,
-                            time_unix_nano=rec.time_unix_nano,
-                            observed_time_unix_nano=rec.observed_time_unix_nano,
-                            severity_number=rec.severity_number,
-                            severity_text=rec.severity_text,
-                            body=decode_value(rec.body),
-                            attributes=attributes_of(rec.attributes),
-                            duplicate_attributes=duplicate_keys(rec.attributes),
-                            trace_id=rec.trace_id.hex(),
-                            span_id=rec.span_id.hex(),
-                            flags=rec.flags,
-                            protocol=req.protocol,
-                        )
-                    )
-        return out
+        return [
+            LogRecordView(
+                resource=resource,
+                scope_name=scope.name,
+                scope_version=scope.version,
+                event_name=rec.event_name,
+                time_unix_nano=rec.time_unix_nano,
+                observed_time_unix_nano=rec.observed_time_unix_nano,
+                severity_number=rec.severity_number,
+                severity_text=rec.severity_text,
+                body=decode_value(rec.body),
+                attributes=attributes_of(rec.attributes),
+                duplicate_attributes=duplicate_keys(rec.attributes),
+                trace_id=rec.trace_id.hex(),
+                span_id=rec.span_id.hex(),
+                flags=rec.flags,
+                protocol=req.protocol,
+            )
+            for resource, scope, rec in _items(
+                req.message.resource_logs, "scope_logs", "log_records"
+            )
+        ]
 
     @staticmethod
     def _spans_of(req: Received) -> list[SpanView]:
-        out = []
-        for rs in req.message.resource_spans:
-            resource = attributes_of(rs.resource.attributes)
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    out.append(
-                        SpanView(
-                            resource=resource,
-                            scope_name=ss.scope.name,
-                            name=span.name,
-                            kind=span.kind,
-                            trace_id=span.trace_id.hex(),
-                            span_id=span.span_id.hex(),
-                            parent_span_id=span.parent_span_id.hex(),
-                            start_time_unix_nano=span.start_time_unix_nano,
-                            end_time_unix_nano=span.end_time_unix_nano,
-                            attributes=attributes_of(span.attributes),
-                            status_code=span.status.code,
-                            status_message=span.status.message,
-                            protocol=req.protocol,
-                        )
-                    )
-        return out
+        return [
+            SpanView(
+                resource=resource,
+                scope_name=scope.name,
+                name=span.name,
+                kind=span.kind,
+                trace_id=span.trace_id.hex(),
+                span_id=span.span_id.hex(),
+                parent_span_id=span.parent_span_id.hex(),
+                start_time_unix_nano=span.start_time_unix_nano,
+                end_time_unix_nano=span.end_time_unix_nano,
+                attributes=attributes_of(span.attributes),
+                status_code=span.status.code,
+                status_message=span.status.message,
+                protocol=req.protocol,
+            )
+            for resource, scope, span in _items(req.message.resource_spans, "scope_spans", "spans")
+        ]
 
     @staticmethod
     def _points_of(req: Received) -> list[MetricPointView]:
         out: list[MetricPointView] = []
-        for rm in req.message.resource_metrics:
-            resource = attributes_of(rm.resource.attributes)
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    out.extend(_points(metric, resource, sm.scope.name, req.protocol))
+        for resource, scope, metric in _items(
+            req.message.resource_metrics, "scope_metrics", "metrics"
+        ):
+            out.extend(_points(metric, resource, scope.name, req.protocol))
         return out
 
     def _wait(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 
@@ -48,11 +48,13 @@ __all__ = [
     "ALERT_EVENT",
     "EVENT_NAMES",
     "SCOPE_NAME",
+    "ExporterOptions",
     "LogExporter",
     "TokenBucket",
     "alert_severity",
     "build_log_exporter",
     "export_redactor",
+    "exporter_options",
     "package_version",
 ]
 
@@ -452,6 +454,29 @@ def export_redactor(config: Config) -> Redactor | None:
     return Redactor(config.privacy.redact_flags, config.privacy.redact_patterns)
 
 
+class ExporterOptions(TypedDict):
+    """What the log and span exporters take alike from the configuration."""
+
+    resource: dict[str, Any]
+    max_queue: int
+    batch_max: int
+    command_args: bool
+    redactor: Redactor | None
+    version: str
+
+
+def exporter_options(config: Config, settings: ExportSettings) -> ExporterOptions:
+    cfg = settings.config
+    return ExporterOptions(
+        resource=dict(build_resource(settings).attributes),
+        max_queue=cfg.logs_queue,
+        batch_max=cfg.logs_batch,
+        command_args=cfg.command_args,
+        redactor=export_redactor(config),
+        version=package_version(),
+    )
+
+
 def build_log_exporter(
     config: Config,
     settings: ExportSettings,
@@ -462,17 +487,11 @@ def build_log_exporter(
     """The OTLP log exporter the settings ask for; None when logs have no endpoint."""
     if settings.logs is None:
         return None
-    cfg = settings.config
     return LogExporter(
         settings.logs,
-        dict(build_resource(settings).attributes),
-        max_queue=cfg.logs_queue,
-        batch_max=cfg.logs_batch,
-        max_per_s=cfg.logs_max_per_s,
-        command_args=cfg.command_args,
-        redactor=export_redactor(config),
+        max_per_s=settings.config.logs_max_per_s,
         table=table,
         wall_offset_ns=wall_offset_ns,
         owner=owner,
-        version=package_version(),
+        **exporter_options(config, settings),
     )

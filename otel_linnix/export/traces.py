@@ -29,8 +29,7 @@ from typing import Any
 
 from otel_linnix.config import Config
 from otel_linnix.events import EventKind, ProcessEvent, ProcessKey, executable_name
-from otel_linnix.export.logs import SCOPE_NAME, export_redactor, package_version
-from otel_linnix.export.resource import build_resource
+from otel_linnix.export.logs import SCOPE_NAME, exporter_options
 from otel_linnix.export.settings import ExportSettings, OtlpTarget
 from otel_linnix.export.transport import ExportQueue, OtlpSender
 from otel_linnix.export.wire import (
@@ -284,16 +283,10 @@ def build_span_exporter(
     """The process-span exporter the settings ask for; None when traces are off."""
     if settings.traces is None:
         return None
-    cfg = settings.config
     return SpanExporter(
         settings.traces,
-        dict(build_resource(settings).attributes),
-        subtree_executables=cfg.traces_subtree_executables,
-        executables=cfg.traces_executables,
-        max_queue=cfg.logs_queue,
-        batch_max=cfg.logs_batch,
-        command_args=cfg.command_args,
-        redactor=export_redactor(config),
+        subtree_executables=settings.config.traces_subtree_executables,
+        executables=settings.config.traces_executables,
         wall_offset_ns=wall_offset_ns,
-        version=package_version(),
+        **exporter_options(config, settings),
     )

@@ -17,7 +17,7 @@ import math
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from otel_linnix.events import ProcessEvent, ProcessKey
@@ -326,7 +326,7 @@ class _Flat:
         self.last = last
 
 
-class _TrendDetector(SampleDetector):
+class _TrendDetector(SampleDetector, abc.ABC):
     """Keeps a window of one integer reading per live process.
 
     A process's readings are held as a ``_Flat`` run while they do not change
@@ -405,6 +405,70 @@ class _TrendDetector(SampleDetector):
         for key in series.keys() - samples.keys():
             del series[key]
 
+    # The hooks of a trend detector. ``_reading`` runs for every process of
+    # every sweep: a subclass may make it a C-level getter.
+
+    @abc.abstractmethod
+    def _reading(self, sample: ProcessSample) -> int | None:
+        """The integer reading followed for this sample; None skips the process."""
+
+    # Whether a reading that did not change can still make a finding (so a
+    # flat process is judged too); False spares a call per idle process.
+    _FLAT_CAN_FIND = False
+
+    def _flat_finds(self, sample: ProcessSample, value: int) -> bool:
+        return False
+
+    @abc.abstractmethod
+    def _judge(
+        self,
+        key: ProcessKey,
+        sample: ProcessSample,
+        value: int,
+        held: _Series | None,
+        first: int,
+        *,
+        admit: Admit,
+    ) -> Finding | None:
+        """The finding for one process whose reading changed within the window
+        (``held.ts[first:]`` and ``held.values[first:]`` are the window's
+        readings), or that ``_flat_finds`` (``held`` None when flat)."""
+
+    def observe_samples(
+        self,
+        now_ns: int,
+        samples: Mapping[ProcessKey, ProcessSample],
+        host: HostSample | None,
+        admit: Admit,
+    ) -> None:
+        self._begin_sweep(now_ns)
+        start = now_ns - self._window_ns
+        series_get, sweep, track = self._series.get, self._sweep, self._track
+        reading, judge = self._reading, self._judge
+        flat_finds = self._flat_finds if self._FLAT_CAN_FIND else None
+        found: list[Finding] = []
+        for key, sample in samples.items():
+            value = reading(sample)
+            if value is None:
+                continue
+            held = series_get(key)
+            if (
+                held.__class__ is _Flat
+                and held.value == value
+                and (flat_finds is None or not flat_finds(sample, value))
+            ):
+                held.last = sweep
+                continue  # the common case, written out: no call
+            s = track(key, held, sample.ts_ns, value, start)
+            if s is None and flat_finds is None:
+                continue
+            first = bisect_left(s.ts, start) if s is not None else 0
+            finding = judge(key, sample, value, s, first, admit=admit)
+            if finding is not None:
+                found.append(finding)
+        self._forget_missing(samples)
+        self._findings = found
+
 
 MEMORY_LEAK_PARAMS: Mapping[str, Param] = {
     "window_s": Param(float, 30.0, lo=1.0, hi=86_400.0, doc="trend window, seconds"),
@@ -431,60 +495,48 @@ class MemoryLeakDetector(_TrendDetector):
         self._min_rate = float(p["min_rate_bytes_per_s"])
         self._min_r2 = float(p["min_r2"])
 
-    def observe_samples(
+    _reading = staticmethod(attrgetter("rss_bytes"))  # type: ignore[assignment]
+
+    def _judge(
         self,
-        now_ns: int,
-        samples: Mapping[ProcessKey, ProcessSample],
-        host: HostSample | None,
+        key: ProcessKey,
+        sample: ProcessSample,
+        value: int,
+        held: _Series | None,
+        first: int,
+        *,
         admit: Admit,
-    ) -> None:
-        self._begin_sweep(now_ns)
-        start = now_ns - self._window_ns
-        series_get, sweep, track = self._series.get, self._sweep, self._track
-        found: list[Finding] = []
-        min_samples, min_growth = self._min_samples, self._min_growth
-        for key, sample in samples.items():
-            rss = sample.rss_bytes
-            if rss is None:
-                continue
-            held = series_get(key)
-            if held.__class__ is _Flat and held.value == rss:
-                held.last = sweep
-                continue  # the common case, written out: no call
-            s = track(key, held, sample.ts_ns, rss, start)
-            if s is None:
-                continue
-            ts, values = s.ts, s.values
-            first = bisect_left(ts, start)
-            if len(ts) - first < min_samples or values[-1] - values[first] < min_growth:
-                continue
-            rate, r2 = fit_line(ts[first:], values[first:])
-            if rate < self._min_rate or r2 < self._min_r2:
-                continue
-            p = admit(key)
-            if p is None:
-                continue
-            growth = values[-1] - values[first]
-            evidence = {
-                "rate_bytes_per_s": rate,
-                "growth_bytes": growth,
-                "r2": r2,
-                "rss_bytes": values[-1],
-                "samples": len(ts) - first,
-                "span_s": _seconds(ts[-1] - ts[first]),
-                "window_s": self._window_s,
-                "min_growth_bytes": self._min_growth,
-                "min_rate_bytes_per_s": self._min_rate,
-                "min_r2": self._min_r2,
-                "growth_mib": growth / _MIB,
-                "rate_mib_per_s": rate / _MIB,
-                "rss_mib": values[-1] / _MIB,
-                "pid": p.pid,
-                "comm": p.comm,
-            }
-            found.append(Finding(process_subject(p), rate, evidence))
-        self._forget_missing(samples)
-        self._findings = found
+    ) -> Finding | None:
+        if held is None:
+            return None
+        ts, values = held.ts, held.values
+        growth = values[-1] - values[first]
+        if len(ts) - first < self._min_samples or growth < self._min_growth:
+            return None
+        rate, r2 = fit_line(ts[first:], values[first:])
+        if rate < self._min_rate or r2 < self._min_r2:
+            return None
+        p = admit(key)
+        if p is None:
+            return None
+        evidence = {
+            "rate_bytes_per_s": rate,
+            "growth_bytes": growth,
+            "r2": r2,
+            "rss_bytes": values[-1],
+            "samples": len(ts) - first,
+            "span_s": _seconds(ts[-1] - ts[first]),
+            "window_s": self._window_s,
+            "min_growth_bytes": self._min_growth,
+            "min_rate_bytes_per_s": self._min_rate,
+            "min_r2": self._min_r2,
+            "growth_mib": growth / _MIB,
+            "rate_mib_per_s": rate / _MIB,
+            "rss_mib": values[-1] / _MIB,
+            "pid": p.pid,
+            "comm": p.comm,
+        }
+        return Finding(process_subject(p), rate, evidence)
 
 
 register(
@@ -527,62 +579,63 @@ class FdExhaustionDetector(_TrendDetector):
         self._min_samples = int(p["min_samples"])
         self._min_r2 = float(p["min_r2"])
 
-    def observe_samples(
+    def _reading(self, sample: ProcessSample) -> int | None:
+        limit = sample.fd_limit
+        if limit is None or limit <= 0 or limit >= _UNLIMITED:
+            return None  # no limit known, or none to exhaust
+        return sample.fd_count
+
+    # Near the limit is a finding whether or not the count moves.
+    _FLAT_CAN_FIND = True
+
+    def _flat_finds(self, sample: ProcessSample, value: int) -> bool:
+        return value / sample.fd_limit >= self._ratio  # type: ignore[operator]
+
+    def _judge(
         self,
-        now_ns: int,
-        samples: Mapping[ProcessKey, ProcessSample],
-        host: HostSample | None,
+        key: ProcessKey,
+        sample: ProcessSample,
+        value: int,
+        held: _Series | None,
+        first: int,
+        *,
         admit: Admit,
-    ) -> None:
-        self._begin_sweep(now_ns)
-        start = now_ns - self._window_ns
-        series_get, sweep, track = self._series.get, self._sweep, self._track
-        ratio = self._ratio
-        found: list[Finding] = []
-        for key, sample in samples.items():
-            fds, limit = sample.fd_count, sample.fd_limit
-            if fds is None or limit is None or limit <= 0 or limit >= _UNLIMITED:
-                continue
-            used = fds / limit
-            held = series_get(key)
-            if held.__class__ is _Flat and held.value == fds and used < ratio:
-                held.last = sweep
-                continue  # the common case, written out: no call
-            s = track(key, held, sample.ts_ns, fds, start)
-            rate, eta = 0.0, None
-            if s is not None:
-                ts, values = s.ts, s.values
-                first = bisect_left(ts, start)
-                if len(ts) - first >= self._min_samples and values[-1] > values[first]:
-                    slope, r2 = fit_line(ts[first:], values[first:])
-                    rate = slope
-                    if slope > 0 and r2 >= self._min_r2:
-                        eta = max(limit - fds, 0) / slope
-            if used < ratio and (eta is None or eta > self._horizon_s):
-                continue
-            p = admit(key)
-            if p is None:
-                continue
-            evidence = {
-                "fds": fds,
-                "limit": limit,
-                "ratio_used": used,
-                "rate_per_s": rate,
-                "eta_s": eta,
-                # eta_s is null without a steady rise; messages read this instead
-                "outlook": (
-                    f"limit in {eta:.0f} s at {rate:.1f}/s" if eta is not None else "not growing"
-                ),
-                "trigger": "ratio" if used >= self._ratio else "trend",
-                "ratio": self._ratio,
-                "horizon_s": self._horizon_s,
-                "window_s": self._window_s,
-                "pid": p.pid,
-                "comm": p.comm,
-            }
-            found.append(Finding(process_subject(p), used, evidence))
-        self._forget_missing(samples)
-        self._findings = found
+    ) -> Finding | None:
+        limit: int = sample.fd_limit  # type: ignore[assignment]  # _reading checked it
+        used = value / limit
+        rate, eta = 0.0, None
+        if (
+            held is not None
+            and len(held.ts) - first >= self._min_samples
+            and held.values[-1] > held.values[first]
+        ):
+            slope, r2 = fit_line(held.ts[first:], held.values[first:])
+            rate = slope
+            if slope > 0 and r2 >= self._min_r2:
+                eta = max(limit - value, 0) / slope
+        if used < self._ratio and (eta is None or eta > self._horizon_s):
+            return None
+        p = admit(key)
+        if p is None:
+            return None
+        evidence = {
+            "fds": value,
+            "limit": limit,
+            "ratio_used": used,
+            "rate_per_s": rate,
+            "eta_s": eta,
+            # eta_s is null without a steady rise; messages read this instead
+            "outlook": (
+                f"limit in {eta:.0f} s at {rate:.1f}/s" if eta is not None else "not growing"
+            ),
+            "trigger": "ratio" if used >= self._ratio else "trend",
+            "ratio": self._ratio,
+            "horizon_s": self._horizon_s,
+            "window_s": self._window_s,
+            "pid": p.pid,
+            "comm": p.comm,
+        }
+        return Finding(process_subject(p), used, evidence)
 
 
 register(

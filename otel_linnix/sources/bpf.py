@@ -91,8 +91,9 @@ def decode_record(raw: bytes, layout: RecordLayout) -> ProcessEvent | None:
     (kind, pid, ppid, uid, gid, flags, ts_ns, start_ns, parent_start_ns, cgroup_id, comm_raw) = (
         HEADER.unpack_from(raw)
     )
-    comm = _text(comm_raw)
     pstart = parent_start_ns if ppid else None
+    # ProcessEvent's fields from ts_ns to source, the same for every kind.
+    common = (ts_ns, pid, ppid, start_ns, _text(comm_raw), uid, gid, pstart, cgroup_id, _EBPF)
     kthread = bool(flags & _F_KTHREAD)
     if kind == _EV_EXEC:
         fname_len, argv_len, tp_len, _pad = _EXEC_TAIL.unpack_from(raw, HEADER.size)
@@ -112,16 +113,7 @@ def decode_record(raw: bytes, layout: RecordLayout) -> ProcessEvent | None:
             tp = raw[tstart : tstart + min(tp_len, TP_MAX)].decode("ascii", "replace")
         return ProcessEvent(
             EventKind.EXEC,
-            ts_ns,
-            pid,
-            ppid,
-            start_ns,
-            comm,
-            uid,
-            gid,
-            pstart,
-            cgroup_id,
-            _EBPF,
+            *common,
             exe,
             argv,
             bool(flags & _F_ARGV_TRUNC),
@@ -133,16 +125,7 @@ def decode_record(raw: bytes, layout: RecordLayout) -> ProcessEvent | None:
         status, signal, core = decode_wait_status(code)
         return ProcessEvent(
             EventKind.EXIT,
-            ts_ns,
-            pid,
-            ppid,
-            start_ns,
-            comm,
-            uid,
-            gid,
-            pstart,
-            cgroup_id,
-            _EBPF,
+            *common,
             None,
             None,
             False,
@@ -156,32 +139,14 @@ def decode_record(raw: bytes, layout: RecordLayout) -> ProcessEvent | None:
     if kind == _EV_FORK:
         return ProcessEvent(
             EventKind.FORK,
-            ts_ns,
-            pid,
-            ppid,
-            start_ns,
-            comm,
-            uid,
-            gid,
-            pstart,
-            cgroup_id,
-            _EBPF,
+            *common,
             kernel_thread=kthread,
         )
     if kind == _EV_OOM:
         (rss_pages,) = _OOM_TAIL.unpack_from(raw, HEADER.size)
         return ProcessEvent(
             EventKind.OOM_KILL,
-            ts_ns,
-            pid,
-            ppid,
-            start_ns,
-            comm,
-            uid,
-            gid,
-            pstart,
-            cgroup_id,
-            _EBPF,
+            *common,
             rss_bytes=rss_pages * _PAGE,
             kernel_thread=kthread,
         )
