@@ -6,7 +6,7 @@ import pwd
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from otel_linnix.config import Config
 from otel_linnix.events import ProcessKey
@@ -78,8 +78,9 @@ class ApiContext:
     metrics: MetricsSource | None = None
     users: UserNames = field(default_factory=UserNames)
     mem_total_bytes: int = field(default_factory=_mem_total_bytes)
-    # ProcessKey -> (what the object was built from, the /processes object)
-    json_cache: dict[ProcessKey, tuple[object, dict[str, Any]]] = field(default_factory=dict)
+    # ProcessKey -> (what its /processes JSON was built from, that JSON cut
+    # around the age fields: before age_s, between age_s and age_sec, after)
+    json_cache: dict[ProcessKey, tuple[object, bytes, bytes, bytes]] = field(default_factory=dict)
     version: str = "0.1.0"
 
     def wall_from_boot(self, ts_ns: int) -> int:

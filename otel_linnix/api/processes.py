@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from otel_linnix.api.context import ApiContext
 from otel_linnix.api.errors import ApiError, float_param, int_param, str_param
-from otel_linnix.api.serialize import graph_json, listed_processes_json, process_json
+from otel_linnix.api.serialize import graph_json, listed_processes_body, process_json
 from otel_linnix.events import ProcessKey
 from otel_linnix.process_table import ProcessInfo
 
@@ -140,7 +140,7 @@ def list_processes() -> Response:
         infos = infos[:limit]
     now = ctx.boot_clock()
     offset = ctx.wall_from_boot(0)
-    return jsonify(listed_processes_json(infos, ctx, now, offset))
+    return Response(listed_processes_body(infos, ctx, now, offset), mimetype="application/json")
 
 
 def _find(pid: int) -> ProcessInfo:

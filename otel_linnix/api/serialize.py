@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from otel_linnix.api.context import ApiContext
 from otel_linnix.events import ProcessKey
 from otel_linnix.process_table import GraphRow, GraphRows, ProcessInfo, ProcessTable
 from otel_linnix.recording import iso_time
 
-__all__ = ["STATE_NAMES", "graph_json", "listed_processes_json", "process_json"]
+__all__ = ["STATE_NAMES", "graph_json", "listed_processes_body", "process_json"]
 
 # /proc state letters as words (the OTel process.state values where they exist).
 STATE_NAMES = {
@@ -128,36 +130,49 @@ def process_json(
 _NO_SAMPLE = (None, None, None, None, None, None)
 
 
-def listed_processes_json(
+# Stands for the age fields while a listed process's JSON is cached: argv,
+# comm and paths are C strings, so no real value holds a NUL.
+_AGE_MARK = "\x00age\x00"
+_AGE_MARK_JSON = orjson.dumps(_AGE_MARK)
+
+
+def listed_processes_body(
     infos: list[ProcessInfo], ctx: ApiContext, now_ns: int, wall_offset_ns: int
-) -> list[dict[str, Any]]:
-    """``process_json`` for many processes, reusing what did not change.
+) -> bytes:
+    """The JSON array of ``process_json`` for many processes, reusing what did
+    not change.
 
     A process whose facts and last sample (its timestamp aside) are what they
-    were at the previous listing gets a copy of that listing's object with a
-    new age: most processes on a host are idle between two requests, and
-    building the object is most of the cost of /processes.
+    were at the previous listing is served from that listing's JSON with a new
+    age spliced in: most processes on a host are idle between two requests,
+    and building and encoding their objects is most of the cost of /processes.
     """
     cache = ctx.json_cache
     if len(cache) > 2 * len(infos) + 1024:
         cache.clear()  # bounded: entries of gone processes go with it
-    out = []
+    dumps = orjson.dumps
+    out: list[bytes] = []
     for info in infos:
         sample = info.sample
         # Everything but the key and the sample (whose timestamp alone may move).
         tag = (info[1:27], sample[1:] if sample is not None else None, info[28:])
+        end = info.exit_ts_ns if info.exited and info.exit_ts_ns else now_ns
+        age_s = max(0.0, (end - info.start_time_ns) / 1e9)
         hit = cache.get(info.key)
-        if hit is not None and hit[0] == tag:
-            obj = hit[1].copy()
-            end = info.exit_ts_ns if info.exited and info.exit_ts_ns else now_ns
-            age_s = max(0.0, (end - info.start_time_ns) / 1e9)
-            obj["age_s"] = age_s
-            obj["age_sec"] = int(age_s)
-        else:
+        if hit is None or hit[0] != tag:
             obj = process_json(info, ctx, now_ns, wall_offset_ns)
-            cache[info.key] = (tag, obj.copy())
-        out.append(obj)
-    return out
+            obj["age_s"] = obj["age_sec"] = _AGE_MARK
+            pieces = dumps(obj).split(_AGE_MARK_JSON)
+            if len(pieces) != 3:  # cannot happen (see _AGE_MARK); never serve a bad splice
+                obj["age_s"], obj["age_sec"] = age_s, int(age_s)
+                out.append(dumps(obj))
+                continue
+            head, middle, tail = pieces
+            cache[info.key] = (tag, head, middle, tail)
+        else:
+            _tag, head, middle, tail = hit
+        out.append(head + dumps(age_s) + middle + str(int(age_s)).encode() + tail)
+    return b"[" + b",".join(out) + b"]"
 
 
 class _GraphBuilder:

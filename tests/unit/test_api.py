@@ -24,7 +24,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from otel_linnix.api.context import UserNames
-from otel_linnix.api.serialize import listed_processes_json
+from otel_linnix.api.serialize import listed_processes_body, process_json
 from otel_linnix.api.server import ApiServer
 from otel_linnix.config import Config
 from otel_linnix.events import EventKind, ProcessEvent
@@ -1082,8 +1082,8 @@ def test_server_stop_ends_open_streams(served: ApiStack) -> None:
 
 
 def test_a_second_listing_reuses_unchanged_objects_with_a_fresh_age() -> None:
-    # Unchanged processes are served from the previous listing's objects:
-    # same content, a new age; a process whose sample changed is rebuilt.
+    # Unchanged processes are served from the previous listing's JSON with
+    # the age spliced in; a process whose sample changed is rebuilt.
 
     table = ProcessTable()
     for pid in (10, 11):
@@ -1108,20 +1108,26 @@ def test_a_second_listing_reuses_unchanged_objects_with_a_fresh_age() -> None:
             return ts
 
     ctx = Ctx()
-    first = listed_processes_json(table.snapshot(), ctx, 100 * 10**9, 0)  # type: ignore[arg-type]
+    first = json.loads(listed_processes_body(table.snapshot(), ctx, 100 * 10**9, 0))  # type: ignore[arg-type]
     table.update_samples(
         {
             keys[10]: ProcessSample(2, 5, 1.0, 4096, 3, 1024, 1, "S"),
             keys[11]: ProcessSample(2, 9, 4.0, 8192, 3, 1024, 1, "R"),
         }
     )
-    second = listed_processes_json(table.snapshot(), ctx, 101 * 10**9, 0)  # type: ignore[arg-type]
+    second = json.loads(listed_processes_body(table.snapshot(), ctx, 101 * 10**9, 0))  # type: ignore[arg-type]
     a1, b1 = sorted(first, key=lambda p: p["pid"])
     a2, b2 = sorted(second, key=lambda p: p["pid"])
     assert a2["age_s"] == a1["age_s"] + 1.0
     assert {k: v for k, v in a2.items() if not k.startswith("age")} == {
         k: v for k, v in a1.items() if not k.startswith("age")
     }
-    assert a2 is not a1
     assert (b2["cpu_percent"], b2["rss_bytes"], b2["state"]) == (4.0, 8192, "running")
     assert (b1["cpu_percent"], b1["rss_bytes"], b1["state"]) == (1.0, 4096, "sleeping")
+    # What the cache serves is exactly what building the object afresh gives.
+    fresh = {
+        info.pid: json.loads(json.dumps(process_json(info, ctx, 101 * 10**9, 0)))  # type: ignore[arg-type]
+        for info in table.snapshot()
+    }
+    assert {p["pid"]: p for p in second} == fresh
+    assert [list(p) for p in second] == [list(fresh[p["pid"]]) for p in second]  # key order too
