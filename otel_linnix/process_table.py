@@ -21,6 +21,7 @@ from otel_linnix.events import NS_PER_TICK, EventKind, ProcessEvent, ProcessKey,
 from otel_linnix.lineage import LineagePolicy, parse_traceparent
 
 __all__ = [
+    "GRAPH_FIELDS",
     "FactsRow",
     "GraphRow",
     "GraphRows",
@@ -227,6 +228,7 @@ _FACTS_FIELDS = operator.attrgetter(
 # container id, trace id, span id, parent span id (api.serialize reads it in
 # this order). One C-level fetch per node instead of a whole ProcessInfo: a
 # graph of thousands of descendants is built per /graph request.
+# GRAPH_FIELDS fetches it from a table entry or from a ProcessInfo alike.
 GraphRow = tuple[
     ProcessKey,
     int,
@@ -246,7 +248,7 @@ GraphRow = tuple[
     str,
     str | None,
 ]
-_GRAPH_FIELDS = operator.attrgetter(
+GRAPH_FIELDS = operator.attrgetter(
     "key",
     "ppid",
     "parent_key",
@@ -605,11 +607,11 @@ class ProcessTable:
             focus = self._entries.get(key)
             if focus is None:
                 return None
-            levels, truncated = self._walk_down(key, max_descendants, _GRAPH_FIELDS)
+            levels, truncated = self._walk_down(key, max_descendants, GRAPH_FIELDS)
             return GraphRows(
-                _GRAPH_FIELDS(focus),
-                self._walk_up(key, _GRAPH_FIELDS),
-                self._siblings(key, _GRAPH_FIELDS),
+                GRAPH_FIELDS(focus),
+                self._walk_up(key, GRAPH_FIELDS),
+                self._siblings(key, GRAPH_FIELDS),
                 levels,
                 truncated,
             )

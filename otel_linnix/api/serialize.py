@@ -13,7 +13,13 @@ import orjson
 
 from otel_linnix.api.context import ApiContext
 from otel_linnix.events import ProcessKey
-from otel_linnix.process_table import GraphRow, GraphRows, ProcessInfo, ProcessTable
+from otel_linnix.process_table import (
+    GRAPH_FIELDS,
+    GraphRow,
+    GraphRows,
+    ProcessInfo,
+    ProcessTable,
+)
 from otel_linnix.recording import iso_time
 
 __all__ = ["STATE_NAMES", "graph_json", "listed_processes_body", "process_json"]
@@ -162,12 +168,7 @@ def listed_processes_body(
         if hit is None or hit[0] != tag:
             obj = process_json(info, ctx, now_ns, wall_offset_ns)
             obj["age_s"] = obj["age_sec"] = _AGE_MARK
-            pieces = dumps(obj).split(_AGE_MARK_JSON)
-            if len(pieces) != 3:  # cannot happen (see _AGE_MARK); never serve a bad splice
-                obj["age_s"], obj["age_sec"] = age_s, int(age_s)
-                out.append(dumps(obj))
-                continue
-            head, middle, tail = pieces
+            head, middle, tail = dumps(obj).split(_AGE_MARK_JSON)
             cache[info.key] = (tag, head, middle, tail)
         else:
             _tag, head, middle, tail = hit
@@ -270,7 +271,7 @@ def graph_json(table: ProcessTable, focus: ProcessInfo, max_descendants: int) ->
     """
     rows = table.graph_rows(focus.key, max_descendants)
     if rows is None:  # pruned between the lookup and now: a graph of one
-        rows = GraphRows(_graph_row(focus), [], [], [], False)
+        rows = GraphRows(GRAPH_FIELDS(focus), [], [], [], False)
     everyone = [rows.focus, *rows.ancestors, *rows.siblings]
     for level_rows in rows.levels:
         everyone.extend(level_rows)
@@ -291,25 +292,3 @@ def graph_json(table: ProcessTable, focus: ProcessInfo, max_descendants: int) ->
         "edges": graph.edges,
         "truncated": rows.truncated,
     }
-
-
-def _graph_row(info: ProcessInfo) -> GraphRow:
-    return (
-        info.key,
-        info.ppid,
-        info.parent_key,
-        info.start_time_ns,
-        info.comm,
-        info.exe,
-        info.uid,
-        info.gid,
-        info.exec_count,
-        info.bootstrap,
-        info.exited,
-        info.exit_code,
-        info.exit_signal,
-        info.container_id,
-        info.trace_id,
-        info.span_id,
-        info.parent_span_id,
-    )

@@ -24,7 +24,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from otel_linnix.api.context import UserNames
-from otel_linnix.api.serialize import listed_processes_body, process_json
+from otel_linnix.api.serialize import graph_json, listed_processes_body, process_json
 from otel_linnix.api.server import ApiServer
 from otel_linnix.config import Config
 from otel_linnix.events import EventKind, ProcessEvent
@@ -1131,3 +1131,23 @@ def test_a_second_listing_reuses_unchanged_objects_with_a_fresh_age() -> None:
     }
     assert {p["pid"]: p for p in second} == fresh
     assert [list(p) for p in second] == [list(fresh[p["pid"]]) for p in second]  # key order too
+
+
+def test_a_graph_of_a_process_pruned_meanwhile_is_the_process_alone() -> None:
+    # /graph looks the process up, then walks the table: the sampler may
+    # prune it in between. The graph is then that process and its parent.
+    table = ProcessTable()
+    table.apply(make_event(EventKind.EXEC, 10, 10**9, ppid=1, comm="sh"))
+    info = table.find_pid(10)
+    assert info is not None
+    graph = graph_json(ProcessTable(), info, 100)  # a table that no longer holds it
+    assert [(n["pid"], n["relationship"], n["level"]) for n in graph["nodes"]] == [
+        (10, "self", 0),
+        (1, "virtual_root", -1),
+    ]
+    assert graph["nodes"][0]["comm"] == "sh"
+    assert graph["nodes"][0]["event_type"] == "exec"
+    assert graph["edges"] == [
+        {"from": 1, "to": 10, "from_start_time_ns": None, "to_start_time_ns": 10**9}
+    ]
+    assert graph["truncated"] is False
