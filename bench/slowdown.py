@@ -27,9 +27,18 @@ import argparse
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.agent_cost import (
+    ProgCounters,
+    ProgRuns,
+    bpf_stats_enabled,
+    prog_delta,
+    thread_cpu_s,
+    thread_delta,
+)
 from bench.common import (
     BenchError,
     HostCpu,
@@ -60,6 +69,11 @@ class Sample:
     # CPU the rest of the host used during the workloads (busy time minus the
     # workloads and the agent): the noise this run had to share the CPUs with.
     other_cpu_s: float
+    # With the agent: what its BPF programs ran during each workload, and its
+    # CPU per thread over both.
+    bpf_spawner: list[ProgRuns] | None = None
+    bpf_forker: list[ProgRuns] | None = None
+    threads: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +84,12 @@ class Binaries:
 
 
 def run_workloads(
-    args: argparse.Namespace, b: Binaries, tag: str
+    args: argparse.Namespace, b: Binaries, tag: str, between: Callable[[], object] = lambda: None
 ) -> tuple[float, float, float, float]:
-    """(spawner wall s, spawner CPU s, forker elapsed s, forker CPU s)."""
+    """(spawner wall s, spawner CPU s, forker elapsed s, forker CPU s); ``between``
+    runs after the spawner and before the forker."""
     spawned = run_spawner(b.spawner, args.spawn_count, args.workers, b.child, tag)
+    between()
     cpu0 = children_cpu_s()
     done = subprocess.run(
         [str(b.forker), str(args.fork_count)], capture_output=True, text=True, check=False
@@ -92,16 +108,32 @@ def one_sample(args: argparse.Namespace, b: Binaries, wd: Path, i: int, with_age
         sw, sc, fw, fc = run_workloads(args, b, tag)
         other = HostCpu.now().busy_s_since(host0) - sc - fc
         return Sample(False, sw, sc, fw, fc, None, None, other)
-    with start_agent("run", wd / f"agent-{i}.log") as agent:
+    extra = ("--config", str(args.agent_config)) if args.agent_config else ()
+    with start_agent("run", wd / f"agent-{i}.log", *extra) as agent:
         time.sleep(args.settle)
-        host0, cpu0 = HostCpu.now(), agent.cpu_s()
-        sw, sc, fw, fc = run_workloads(args, b, tag)
-        cpu1 = agent.cpu_s()
+        progs = ProgCounters(agent.pid)
+        readings = [progs.read()]
+        host0, cpu0, threads0 = HostCpu.now(), agent.cpu_s(), thread_cpu_s(agent.pid)
+        sw, sc, fw, fc = run_workloads(args, b, tag, lambda: readings.append(progs.read()))
+        readings.append(progs.read())
+        cpu1, threads1 = agent.cpu_s(), thread_cpu_s(agent.pid)
         other = HostCpu.now().busy_s_since(host0) - sc - fc - (cpu1 - cpu0)
         end = agent.stop(signal.SIGINT, 30.0)
     lost = agent_status(end.log).get("lost")
     lost_n = int(lost) if lost is not None else None
-    return Sample(True, sw, sc, fw, fc, cpu1 - cpu0, lost_n, other)
+    return Sample(
+        True,
+        sw,
+        sc,
+        fw,
+        fc,
+        cpu1 - cpu0,
+        lost_n,
+        other,
+        prog_delta(readings[0], readings[1]),
+        prog_delta(readings[1], readings[2]),
+        thread_delta(threads0, threads1),
+    )
 
 
 def _slowdown(on: Spread, off: Spread) -> float:
@@ -180,6 +212,8 @@ def report(samples: list[Sample], args: argparse.Namespace) -> None:
         "workload CPU includes the in-kernel cost of the agent's BPF programs, which run "
         "in the workload's context"
     )
+    report_kernel(on)
+    report_threads(on, args)
     print()
     for label, res in (("all runs", results), (f"{len(quiet)} quiet pairs", quiet_results)):
         for name, a, b, slow, _p, target in res:
@@ -191,6 +225,64 @@ def report(samples: list[Sample], args: argparse.Namespace) -> None:
                 f"{slow:+.1f}%: {b.median:.3f} s with vs {a.median:.3f} s without; "
                 f"spread without the agent {a.spread_pct:.0f}% of its median",
             )
+
+
+def report_kernel(on: list[Sample]) -> None:
+    """The agent's BPF programs during each workload: the part of the slowdown
+    that no user-space work can remove (kernel.bpf_stats_enabled counters)."""
+    for label, field, cpu_field in (
+        ("fork+exec loop", "bpf_spawner", "spawner_cpu_s"),
+        ("fork storm", "bpf_forker", "forker_cpu_s"),
+    ):
+        runs = [(getattr(s, field), getattr(s, cpu_field)) for s in on]
+        runs = [(progs, cpu) for progs, cpu in runs if progs is not None]
+        if not runs:
+            continue
+        names = sorted({p.name for progs, _ in runs for p in progs})
+        rows: list[list[object]] = []
+        for name in names:
+            mine = [p for progs, _ in runs for p in progs if p.name == name]
+            rows.append(
+                [
+                    name,
+                    f"{spread([p.runs for p in mine]).median:,.0f}",
+                    f"{spread([p.ns / p.runs for p in mine if p.runs]).median:,.0f}"
+                    if any(p.runs for p in mine)
+                    else "-",
+                    f"{spread([p.ns / 1e6 for p in mine]).median:.1f}",
+                ]
+            )
+        totals = [sum(p.ns for p in progs) / 1e9 for progs, _ in runs]
+        share = spread([t / cpu * 100.0 for t, (_, cpu) in zip(totals, runs, strict=True)])
+        rows.append(["all programs", "", "", f"{spread(totals).median * 1e3:.1f}"])
+        print_table(
+            f"in-kernel cost of the agent's BPF programs during the {label} "
+            f"(medians of {len(runs)} runs)",
+            ["program", "runs", "ns per run", "total ms"],
+            rows,
+        )
+        print(f"in-kernel share of the {label}'s CPU: {share.fmt(1, '%')}")
+
+
+def report_threads(on: list[Sample], args: argparse.Namespace) -> None:
+    """The agent's user-space CPU per thread over both workloads."""
+    runs = [s.threads for s in on if s.threads is not None]
+    if not runs:
+        return
+    events = args.spawn_count * 3 + args.fork_count * 2  # fork+exec+exit, fork+exit
+    names = sorted({n for t in runs for n in t}, key=lambda n: -sum(t.get(n, 0.0) for t in runs))
+    rows = []
+    for name in names:
+        cpu = spread([t.get(name, 0.0) for t in runs])
+        if cpu.median < 0.005:
+            continue
+        rows.append([name, cpu.fmt(2), f"{cpu.median / events * 1e6:.1f}"])
+    print_table(
+        f"agent CPU per thread over both workloads (about {events:,} events; "
+        f"medians of {len(runs)} runs)",
+        ["thread", "CPU s", "us per event"],
+        rows,
+    )
 
 
 Result = tuple[str, Spread, Spread, float, Spread, float | None]
@@ -231,7 +323,7 @@ def main_body(args: argparse.Namespace) -> None:
     b = Binaries(workload("spawner"), workload("child"), workload("forker"))
     print(f"{args.runs} runs each, alternating; settle {args.settle:g} s before each run")
     samples: list[Sample] = []
-    with workdir(args.keep) as wd:
+    with workdir(args.keep) as wd, bpf_stats_enabled():
         for i in range(args.runs):
             order = (False, True) if i % 2 == 0 else (True, False)
             for with_agent in order:
@@ -267,6 +359,13 @@ def parser() -> argparse.ArgumentParser:
         default=0.6,
         help="a pair is quiet when the rest of the host used at most this many CPU seconds "
         "during each of its runs (reported separately)",
+    )
+    p.add_argument(
+        "--agent-config",
+        type=Path,
+        default=None,
+        help="linnix.toml for the agent (default: its embedded defaults), e.g. with "
+        "[rules] enabled = false to see what the rules engine costs",
     )
     p.add_argument("--quick", action="store_true", help="2 runs each, smaller workloads")
     p.add_argument("--keep", action="store_true", help="keep the agent logs")

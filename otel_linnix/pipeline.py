@@ -35,6 +35,7 @@ from otel_linnix.sampler import Sampler, SweepStats
 from otel_linnix.sinks import SinkWorker
 from otel_linnix.sources.base import Source, SourceStats
 from otel_linnix.sources.procfs import ProcReader, bootstrap_scan
+from otel_linnix.threads import AgentThread
 
 __all__ = ["AgentStatus", "Pipeline", "SweepListener"]
 
@@ -134,9 +135,7 @@ class Pipeline:
         self.source.start(self)
         self.ready = True
         self._stop.clear()
-        self._sampler_thread = threading.Thread(
-            target=self._sample_loop, name="linnix-sampler", daemon=True
-        )
+        self._sampler_thread = AgentThread(self._sample_loop, "linnix-sampler")
         self._sampler_thread.start()
 
     def stop(self, timeout_s: float = 2.0) -> None:

@@ -20,6 +20,7 @@ import orjson
 from otel_linnix.events import ProcessEvent, ProcessKey
 from otel_linnix.process_table import HostSample, ProcessSample
 from otel_linnix.recording import encode_event, sweep_to_dict
+from otel_linnix.threads import AgentThread
 
 __all__ = ["JsonlWriter", "Sink", "SinkWorker"]
 
@@ -58,9 +59,7 @@ class SinkWorker:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"linnix-sink-{self.sink.name}", daemon=True
-            )
+            self._thread = AgentThread(self._run, f"linnix-sink-{self.sink.name}")
             self._thread.start()
 
     def offer(self, events: Sequence[ProcessEvent]) -> None:

@@ -19,6 +19,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import create_server
 
 from otel_linnix.config import parse_bind_address
+from otel_linnix.threads import AgentThread
 
 __all__ = ["ApiServer"]
 
@@ -56,7 +57,7 @@ class ApiServer:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name="linnix-api", daemon=True)
+            self._thread = AgentThread(self._serve, "linnix-api")
             self._thread.start()
             log.info("API listening on http://%s:%d", self.host, self.port)
 

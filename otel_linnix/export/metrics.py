@@ -56,6 +56,7 @@ from otel_linnix.export.resource import build_resource
 from otel_linnix.export.settings import ExportSettings, make_metric_exporter
 from otel_linnix.pipeline import AgentStatus, Pipeline
 from otel_linnix.process_table import ProcessSample, ProcessTable
+from otel_linnix.threads import AgentThread
 
 __all__ = [
     "LIFETIME_BUCKETS_S",
@@ -848,7 +849,7 @@ class MetricsTelemetry:
             finally:
                 done.set()
 
-        threading.Thread(target=run, name="linnix-metrics-shutdown", daemon=True).start()
+        AgentThread(run, "linnix-metrics-shutdown").start()
         if not done.wait(timeout_s):
             log.warning("metrics export did not finish within %.1f s; not waiting", timeout_s)
             return False

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from otel_linnix.export.settings import OtlpTarget
+from otel_linnix.threads import AgentThread
 
 __all__ = ["ExportError", "ExportQueue", "OtlpSender"]
 
@@ -256,9 +257,7 @@ class ExportQueue:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"linnix-otlp-{self.signal}", daemon=True
-            )
+            self._thread = AgentThread(self._run, f"linnix-otlp-{self.signal}")
             self._thread.start()
 
     def offer(self, record: bytes, *, priority: bool = False) -> bool:

@@ -30,6 +30,7 @@ from otel_linnix.events import EventKind, ProcessEvent, ProcessSource, decode_wa
 from otel_linnix.sources.base import EventSink, SourceStats
 from otel_linnix.sources.bpf_program import BpfProgram, build_program
 from otel_linnix.sources.btf import kernel_offsets
+from otel_linnix.threads import AgentThread
 
 __all__ = [
     "HEADER",
@@ -287,9 +288,7 @@ class BpfSource:
             return
         self.load()
         self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._drain_loop, args=(sink,), name="linnix-bpf-drain", daemon=True
-        )
+        self._thread = AgentThread(self._drain_loop, "linnix-bpf-drain", (sink,))
         self._thread.start()
 
     def stop(self, timeout_s: float) -> None:

@@ -23,6 +23,7 @@ from otel_linnix.sources.procfs import (
     parent_start_of,
     read_exec_event,
 )
+from otel_linnix.threads import AgentThread
 
 __all__ = ["ProcfsPollingSource"]
 
@@ -139,9 +140,7 @@ class ProcfsPollingSource:
                 raise RuntimeError("a stopped ProcfsPollingSource cannot be restarted")
             if self._thread is not None:
                 return
-            self._thread = threading.Thread(
-                target=self._run, args=(sink,), name="procfs-poll", daemon=True
-            )
+            self._thread = AgentThread(self._run, "linnix-procfs-poll", (sink,))
             self._thread.start()
 
     def stop(self, timeout_s: float) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from otel_linnix.events import ProcessEvent, ProcessSource
 from otel_linnix.recording import open_recording, read_events
 from otel_linnix.sources.base import EventSink, SourceStats
+from otel_linnix.threads import AgentThread
 
 __all__ = ["ReplaySource"]
 
@@ -66,9 +67,7 @@ class ReplaySource:
 
     def start(self, sink: EventSink) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run_in_thread, args=(sink,), name="linnix-replay", daemon=True
-            )
+            self._thread = AgentThread(self._run_in_thread, "linnix-replay", (sink,))
             self._thread.start()
 
     def _run_in_thread(self, sink: EventSink) -> None:

@@ -562,7 +562,7 @@ def test_rejects_a_non_positive_interval(fake: ProcReader) -> None:
 
 
 def _poll_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "procfs-poll"]
+    return [t for t in threading.enumerate() if t.name == "linnix-procfs-poll"]
 
 
 def test_thread_delivers_a_batch_and_stops(tree: Path, poller: ProcfsPollingSource) -> None:
