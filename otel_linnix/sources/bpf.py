@@ -9,6 +9,9 @@ consumer per event slowed fork-heavy workloads by 14-42%) and forces a
 wakeup every ``wakeup_every`` records; this thread polls with the drain
 interval as timeout and then consumes whatever is there, so latency is
 bounded by the interval and a burst cannot overrun the ring.
+
+The ring is read from its memory mapping (``ringbuf.RingReader``) where the
+CPU's memory ordering allows it, else through bcc's ctypes callback.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from otel_linnix.events import EventKind, ProcessEvent, ProcessSource, decode_wa
 from otel_linnix.sources.base import EventSink, SourceStats
 from otel_linnix.sources.bpf_program import BpfProgram, build_program
 from otel_linnix.sources.btf import kernel_offsets
+from otel_linnix.sources.ringbuf import RingReader
+from otel_linnix.sources.ringbuf import supported as direct_ring_supported
 from otel_linnix.threads import AgentThread
 
 __all__ = [
@@ -242,6 +247,7 @@ class BpfSource:
         self._btf_path = capture.btf_path
         self._layout = RecordLayout(capture.filename_max_bytes)
         self._bpf: Any = None
+        self._ring: RingReader | None = None  # None: bcc's callback consumes
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._batch: list[ProcessEvent] = []
@@ -275,10 +281,25 @@ class BpfSource:
             bpf = BPF(text=program.text.encode(), cflags=list(program.cflags))
         except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception on compile/attach errors
             raise CaptureUnavailable(f"the BPF program failed to load: {exc}") from None
-        bpf[b"events"].open_ring_buffer(self._on_record)
+        events = bpf[b"events"]
+        if direct_ring_supported():
+            self._ring = RingReader(events.map_fd, events.max_entries)
+        else:
+            events.open_ring_buffer(self._on_record)
         self._bpf = bpf
         _release_compiler_memory()
-        log.info("eBPF lifecycle program loaded in %.2f s", time.monotonic() - started)
+        log.info(
+            "eBPF lifecycle program loaded in %.2f s; ring buffer read %s",
+            time.monotonic() - started,
+            "from its mapping" if self._ring is not None else "through bcc's callback",
+        )
+
+    @property
+    def ring_consumer(self) -> str | None:
+        """How the ring is read once loaded: ``mmap`` (directly) or ``bcc``."""
+        if self._bpf is None:
+            return None
+        return "mmap" if self._ring is not None else "bcc"
 
     def prepare(self) -> None:
         self.load()
@@ -306,6 +327,9 @@ class BpfSource:
             self._thread = None
         if self._bpf is not None:
             self._final_counters = self.kernel_counters()  # still reported after stop
+            if self._ring is not None:
+                self._ring.close()  # before the map's fd goes with the program
+                self._ring = None
             self._bpf.cleanup()
             self._bpf = None
 
@@ -337,18 +361,27 @@ class BpfSource:
             self._decode_into_batch(bytes(value))
 
     def _drain_loop(self, sink: EventSink) -> None:
-        bpf = self._bpf
-        interval_ms = self._capture.drain_interval_ms
+        wait, consume = self._ring_access()
         while not self._stop.is_set():
-            bpf.ring_buffer_poll(interval_ms)
-            bpf.ring_buffer_consume()
+            wait()
+            consume()
             self._drain_overflow()
             self._drains += 1
             self._deliver(sink)
         # Deliver what is still in the ring so a clean stop loses nothing.
-        bpf.ring_buffer_consume()
+        consume()
         self._drain_overflow()
         self._deliver(sink)
+
+    def _ring_access(self) -> tuple[Callable[[], object], Callable[[], object]]:
+        """(wait up to the drain interval, consume what is there) for this ring."""
+        interval_ms = self._capture.drain_interval_ms
+        ring = self._ring
+        if ring is not None:
+            decode = self._decode_into_batch
+            return (lambda: ring.wait(interval_ms / 1000)), (lambda: ring.consume(decode))
+        bpf = self._bpf
+        return (lambda: bpf.ring_buffer_poll(interval_ms)), bpf.ring_buffer_consume
 
     def _deliver(self, sink: EventSink) -> None:
         if not self._batch:

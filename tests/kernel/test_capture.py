@@ -315,3 +315,60 @@ def test_exec_through_a_descriptor_names_the_program(agent: Agent) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_ring_that_wraps_around_loses_nothing(
+    needs_ebpf: None, workloads: dict[str, Path], tag: str
+) -> None:
+    # 1 MiB of ring for about 1.8 MB of records: the consumer position passes
+    # the end of the data area and records wrapping it must arrive whole.
+    small = CaptureConfig(ring_buffer_kib=1024, drain_interval_ms=20, wakeup_every=16)
+    with Agent(small) as agent:
+        assert agent.source.ring_consumer == "mmap"
+        truth_out = subprocess.run(
+            [str(workloads["spawner"]), "2000", "2", str(workloads["child"]), tag],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        truth = {int(line.split()[0]): line.split()[2] for line in truth_out.splitlines()}
+        agent.collector.wait_for(
+            lambda evs: set(truth) <= {e.pid for e in evs if e.kind is EventKind.EXIT},
+            timeout_s=30,
+        )
+        ring = agent.source._ring
+        assert ring is not None and ring.position > 1024 * 1024
+        seen = agent.collector.by_kind(set(truth))
+        lost = agent.lost_total()
+    assert lost == 0
+    for pid, index in truth.items():
+        execs = [e for e in seen[EventKind.EXEC][pid] if e.argv and tag in e.argv]
+        assert len(seen[EventKind.FORK][pid]) == 1, pid
+        assert len(execs) == 1 and execs[0].argv is not None and execs[0].argv[2] == index, pid
+        assert len(seen[EventKind.EXIT][pid]) == 1, pid
+
+
+def test_bccs_ring_consumer_still_captures_everything(
+    needs_ebpf: None, workloads: dict[str, Path], tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the direct reader is not used (CPUs with weaker memory ordering
+    than x86-64), bcc's callback consumer reads the same records."""
+    monkeypatch.setattr("otel_linnix.sources.bpf.direct_ring_supported", lambda: False)
+    with Agent() as agent:
+        assert agent.source.ring_consumer == "bcc"
+        truth_out = subprocess.run(
+            [str(workloads["spawner"]), "300", "2", str(workloads["child"]), tag],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        pids = {int(line.split()[0]) for line in truth_out.splitlines()}
+        agent.collector.wait_for(
+            lambda evs: pids <= {e.pid for e in evs if e.kind is EventKind.EXIT}, timeout_s=30
+        )
+        seen = agent.collector.by_kind(pids)
+        lost = agent.lost_total()
+    assert lost == 0
+    assert all(len(seen[EventKind.FORK][pid]) == 1 for pid in pids)
+    assert all(len(seen[EventKind.EXIT][pid]) == 1 for pid in pids)
+    assert sum(len(v) for v in seen[EventKind.EXEC].values()) >= len(pids)
