@@ -288,13 +288,25 @@ class LogExporter:
                 parts.append(a.boolean("linnix.process.bootstrap", True))
             if ev.argv_truncated:
                 parts.append(a.boolean("linnix.process.argv_truncated", True))
-        if ev.container_id is not None:
-            parts.append(a.text("container.id", ev.container_id))
-            if ev.container_runtime is not None:
-                parts.append(a.text("linnix.container.runtime", ev.container_runtime))
-        if ev.pod_uid is not None:
-            parts.append(a.text("k8s.pod.uid", ev.pod_uid))
+        if ev.container_id is not None or ev.pod_uid is not None:
+            parts.append(
+                self._container_attributes(ev.container_id, ev.container_runtime, ev.pod_uid)
+            )
         return len_field(b"\x12", b"".join(parts))
+
+    def _container_attributes(
+        self, container_id: str | None, runtime: str | None, pod_uid: str | None
+    ) -> bytes:
+        """container.id (with its runtime) and k8s.pod.uid: the same in event and alert records."""
+        a = self._attrs
+        out = b""
+        if container_id is not None:
+            out = a.text("container.id", container_id)
+            if runtime is not None:
+                out += a.text("linnix.container.runtime", runtime)
+        if pod_uid is not None:
+            out += a.text("k8s.pod.uid", pod_uid)
+        return out
 
     def _identity_attributes(self, ev: ProcessEvent, wall_offset_ns: int) -> bytes:
         """Pid, creation time, parent span and the record's trace and span ids: the
@@ -407,8 +419,6 @@ class LogExporter:
                     executable_name(subject.exe, subject.comm or subject.exe),
                 )
             )
-        if subject.container_id is not None:
-            parts.append(a.text("container.id", subject.container_id))
         info = None
         if self._table is not None and subject.pid is not None:
             if subject.start_time_ns is not None:
@@ -420,6 +430,15 @@ class LogExporter:
             if info.parent_span_id is not None:
                 parts.append(a.text_once("linnix.parent_span_id", info.parent_span_id))
             parts.append(_ids(info.trace_id, info.span_id))
+        # The runtime and pod are the table's, when it holds the same container.
+        same = info is not None and info.container_id == subject.container_id
+        parts.append(
+            self._container_attributes(
+                subject.container_id,
+                info.container_runtime if info is not None and same else None,
+                info.pod_uid if info is not None and same else None,
+            )
+        )
         return len_field(b"\x12", b"".join(parts))
 
 

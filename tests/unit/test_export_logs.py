@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -354,3 +355,52 @@ def test_an_event_without_lineage_has_no_trace_context(receiver: OtlpReceiver) -
     (rec,) = receiver.wait_for_logs(lambda rs: len(rs) == 1)
     logs.shutdown(1.0)
     assert (rec.trace_id, rec.span_id) == ("", "")
+
+
+POD = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"
+CONTAINER = "ab" * 32
+
+
+def test_event_and_alert_records_carry_the_same_container_attributes(
+    receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    # The build tree, run inside a Kubernetes pod's containerd container.
+    lines = TREE.read_text().splitlines()
+    boxed = tmp_path / "boxed.jsonl"
+    with boxed.open("w") as out:
+        for line in lines:
+            rec = json.loads(line)
+            rec.update(container_id=CONTAINER, container_runtime="containerd", pod_uid=POD)
+            out.write(json.dumps(rec) + "\n")
+    stack = ReplayStack(boxed, tmp_path)
+    logs = exporter_for(receiver, table=stack.table)
+    stack.add(logs)
+    try:
+        stack.run(TREE_EVENTS)
+        logs.alert(
+            Alert(
+                id="0123456789abcdef",
+                rule="cpu_spike",
+                severity=Severity.HIGH,
+                subject=Subject(
+                    "process", str(K_CC1), 300, K_CC1.start_time_ns, "cc", "/usr/bin/cc", CONTAINER
+                ),
+                message="cc at 99% CPU for 10 s",
+                evidence={},
+                first_seen_ns=12_100_000_000,
+                last_seen_ns=12_600_000_000,
+            )
+        )
+        records = receiver.wait_for_logs(lambda rs: len(rs) >= TREE_EVENTS + 1)
+    finally:
+        stack.stop()
+    expected = {
+        "container.id": CONTAINER,
+        "linnix.container.runtime": "containerd",
+        "k8s.pod.uid": POD,
+    }
+    assert len(records) == TREE_EVENTS + 1
+    for rec in records:
+        got = {k: rec.attributes.get(k) for k in expected}
+        assert got == expected, rec.event_name
+        assert rec.duplicate_attributes == []
