@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from otel_linnix.config import CaptureConfig
-from otel_linnix.events import EventKind, ProcessKey
+from otel_linnix.events import EventKind, ProcessEvent, ProcessKey
 from otel_linnix.process_table import ProcessSample
 from tests.kernel.conftest import Agent
 
@@ -25,28 +25,38 @@ def _expected(outcome: str) -> tuple[int | None, int | None]:
     return (n, None) if outcome[0] == "e" else (None, n)
 
 
-def test_2000_short_lived_processes_all_captured(
-    agent: Agent, workloads: dict[str, Path], tag: str
-) -> None:
-    lost_before = agent.lost_total()
-    truth_out = subprocess.run(
-        [str(workloads["spawner"]), "2000", "2", str(workloads["child"]), tag],
+Seen = dict[EventKind, dict[int, list[ProcessEvent]]]
+
+
+def _spawn(
+    agent: Agent, workloads: dict[str, Path], count: int, tag: str
+) -> tuple[dict[int, list[str]], Seen]:
+    """Run the spawner for ``count`` children and wait for every exit: its truth
+    (pid -> ppid, index, outcome, wait status) and what the agent saw of them."""
+    out = subprocess.run(
+        [str(workloads["spawner"]), str(count), "2", str(workloads["child"]), tag],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    truth = {}
-    for line in truth_out.splitlines():
-        f_pid, f_ppid, f_index, f_outcome, f_status = line.split()
-        truth[int(f_pid)] = (int(f_ppid), f_index, f_outcome, int(f_status))
-    assert len(truth) == 2000
+    truth = {int(f[0]): f[1:] for f in (line.split() for line in out.splitlines())}
+    assert len(truth) == count
     pids = set(truth)
     agent.collector.wait_for(
         lambda evs: pids <= {e.pid for e in evs if e.kind is EventKind.EXIT}, timeout_s=30
     )
-    seen = agent.collector.by_kind(pids)
+    return truth, agent.collector.by_kind(pids)
+
+
+def test_2000_short_lived_processes_all_captured(
+    agent: Agent, workloads: dict[str, Path], tag: str
+) -> None:
+    lost_before = agent.lost_total()
+    spawned, seen = _spawn(agent, workloads, 2000, tag)
+    pids = set(spawned)
     wrong: list[tuple[object, ...]] = []
-    for pid, (ppid, index, outcome, wait_status) in truth.items():
+    for pid, (f_ppid, index, outcome, f_status) in spawned.items():
+        ppid, wait_status = int(f_ppid), int(f_status)
         execs = [e for e in seen[EventKind.EXEC][pid] if e.argv and tag in e.argv]
         exits = seen[EventKind.EXIT][pid]
         forks = seen[EventKind.FORK][pid]
@@ -270,19 +280,10 @@ def test_full_ring_buffer_counts_every_loss_and_keeps_every_exit(
     # and no exit may be lost (exits wait in the overflow map).
     tiny = CaptureConfig(ring_buffer_kib=64, drain_interval_ms=1000, wakeup_every=1_000_000)
     with Agent(tiny) as small:
-        truth_out = subprocess.run(
-            [str(workloads["spawner"]), "1500", "2", str(workloads["child"]), tag],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        pids = {int(line.split()[0]) for line in truth_out.splitlines()}
-        small.collector.wait_for(
-            lambda evs: pids <= {e.pid for e in evs if e.kind is EventKind.EXIT}, timeout_s=30
-        )
+        spawned, seen = _spawn(small, workloads, 1500, tag)
+        pids = set(spawned)
         counters = small.source.kernel_counters()
         stats = small.source.stats()
-        seen = small.collector.by_kind(pids)
     assert counters["exits_parked"] > 0
     assert stats.lost["exit"] == 0
     assert all(len(seen[EventKind.EXIT][pid]) == 1 for pid in pids)
@@ -325,23 +326,12 @@ def test_a_ring_that_wraps_around_loses_nothing(
     small = CaptureConfig(ring_buffer_kib=1024, drain_interval_ms=20, wakeup_every=16)
     with Agent(small) as agent:
         assert agent.source.ring_consumer == "mmap"
-        truth_out = subprocess.run(
-            [str(workloads["spawner"]), "2000", "2", str(workloads["child"]), tag],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        truth = {int(line.split()[0]): line.split()[2] for line in truth_out.splitlines()}
-        agent.collector.wait_for(
-            lambda evs: set(truth) <= {e.pid for e in evs if e.kind is EventKind.EXIT},
-            timeout_s=30,
-        )
+        spawned, seen = _spawn(agent, workloads, 2000, tag)
         ring = agent.source._ring
         assert ring is not None and ring.position > 1024 * 1024
-        seen = agent.collector.by_kind(set(truth))
         lost = agent.lost_total()
     assert lost == 0
-    for pid, index in truth.items():
+    for pid, (_ppid, index, _outcome, _status) in spawned.items():
         execs = [e for e in seen[EventKind.EXEC][pid] if e.argv and tag in e.argv]
         assert len(seen[EventKind.FORK][pid]) == 1, pid
         assert len(execs) == 1 and execs[0].argv is not None and execs[0].argv[2] == index, pid
@@ -356,17 +346,8 @@ def test_bccs_ring_consumer_still_captures_everything(
     monkeypatch.setattr("otel_linnix.sources.bpf.direct_ring_supported", lambda: False)
     with Agent() as agent:
         assert agent.source.ring_consumer == "bcc"
-        truth_out = subprocess.run(
-            [str(workloads["spawner"]), "300", "2", str(workloads["child"]), tag],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        pids = {int(line.split()[0]) for line in truth_out.splitlines()}
-        agent.collector.wait_for(
-            lambda evs: pids <= {e.pid for e in evs if e.kind is EventKind.EXIT}, timeout_s=30
-        )
-        seen = agent.collector.by_kind(pids)
+        spawned, seen = _spawn(agent, workloads, 300, tag)
+        pids = set(spawned)
         lost = agent.lost_total()
     assert lost == 0
     assert all(len(seen[EventKind.FORK][pid]) == 1 for pid in pids)
