@@ -342,7 +342,9 @@ class BpfSource:
     def _decode_into_batch(self, raw: bytes) -> None:
         try:
             event = decode_record(raw, self._layout)
-        except struct.error:
+        except (struct.error, ValueError, IndexError):
+            # A record this build cannot read: counted (decode_errors, shown
+            # as lost "undecodable"), never allowed to stop the drain loop.
             event = None
         if event is None:
             self._decode_errors += 1

@@ -109,11 +109,16 @@ class RingReader:
                 # Advance past the header and the record, 8-byte aligned.
                 size = length & ~(_BUSY | _DISCARD)
                 pos += (size + _HEADER + 7) & ~7
-                if not length & _DISCARD:
-                    start = at + _HEADER
-                    handle(data[start : start + size])
-                    count += 1
+                if length & _DISCARD:
+                    cons_pos[0] = pos
+                    continue
+                start = at + _HEADER
+                record = data[start : start + size]
+                # Released before the record is handled: it is a copy, and a
+                # handler that raises must not make the next call re-read it.
                 cons_pos[0] = pos
+                handle(record)
+                count += 1
 
     def close(self) -> None:
         if self._epoll is not None:

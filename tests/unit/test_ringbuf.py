@@ -117,3 +117,21 @@ def test_a_record_wrapping_the_end_of_the_ring_arrives_whole(ring: FakeRing) -> 
 def test_a_size_that_is_not_a_power_of_two_pages_is_refused() -> None:
     with pytest.raises(ValueError, match="power-of-2 multiple of a page"):
         RingReader(-1, 3 * PAGE)
+
+
+def test_a_handler_that_raises_does_not_get_the_same_record_again(ring: FakeRing) -> None:
+    reader = RingReader(ring.fd, SIZE)
+    ring.put(b"bad")
+    ring.put(b"good")
+    seen: list[bytes] = []
+
+    def handle(raw: bytes) -> None:
+        seen.append(raw)
+        if raw == b"bad":
+            raise RuntimeError("handler bug")
+
+    with pytest.raises(RuntimeError):
+        reader.consume(handle)
+    reader.consume(handle)
+    assert seen == [b"bad", b"good"]
+    reader.close()
