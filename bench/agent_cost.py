@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import BenchError
+from bench.common import BenchError, cpu_seconds
 
 _STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -115,12 +113,8 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):  # a thread gone meanwhile
-            stat = (task / "stat").read_text()
-            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2 :].split()
-            # utime and stime are fields 14 and 15 of stat, 12 and 13 after comm.
-            ticks = int(fields[11]) + int(fields[12])
-            out[comm] = out.get(comm, 0.0) + ticks / _CLK_TCK
+            comm = (task / "comm").read_text().strip()
+            out[comm] = out.get(comm, 0.0) + cpu_seconds(pid, tid=int(task.name))
     return out
 
 

@@ -139,18 +139,22 @@ def spread(values: Sequence[float]) -> Spread:
 # ---- /proc ------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat", "rb") as fh:
+def _stat_fields(pid: int, tid: int | None = None) -> list[str]:
+    """The fields of /proc/<pid>/stat (the whole process) or, with ``tid``, of
+    /proc/<pid>/task/<tid>/stat (one thread: /proc/<tid>/stat would give the
+    process's totals again)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path, "rb") as fh:
         data = fh.read()
     return data[data.rfind(b")") + 2 :].decode().split()
 
 
-def cpu_seconds(pid: int, *, children: bool = False) -> float:
-    """utime+stime of a process (all its threads) in seconds.
+def cpu_seconds(pid: int, *, children: bool = False, tid: int | None = None) -> float:
+    """utime+stime of a process (all its threads), or of its thread ``tid``, in seconds.
 
     ``children`` adds cutime+cstime: the CPU of children it has waited for.
     """
-    f = _stat_fields(pid)
+    f = _stat_fields(pid, tid)
     ticks = int(f[_UTIME]) + int(f[_STIME])
     if children:
         ticks += int(f[_CUTIME]) + int(f[_CSTIME])

@@ -431,12 +431,12 @@ class LogExporter:
                 parts.append(a.text_once("linnix.parent_span_id", info.parent_span_id))
             parts.append(_ids(info.trace_id, info.span_id))
         # The runtime and pod are the table's, when it holds the same container.
-        same = info is not None and info.container_id == subject.container_id
+        held = info if info is not None and info.container_id == subject.container_id else None
         parts.append(
             self._container_attributes(
                 subject.container_id,
-                info.container_runtime if info is not None and same else None,
-                info.pod_uid if info is not None and same else None,
+                held.container_runtime if held is not None else None,
+                held.pod_uid if held is not None else None,
             )
         )
         return len_field(b"\x12", b"".join(parts))

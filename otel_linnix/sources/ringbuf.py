@@ -83,10 +83,6 @@ class RingReader:
         """Bytes consumed since the ring was created (the consumer position)."""
         return int(self._cons_pos[0])
 
-    def pending_bytes(self) -> int:
-        """Bytes written by the kernel and not consumed yet."""
-        return int(self._prod_pos[0] - self._cons_pos[0])
-
     def consume(self, handle: Callable[[bytes], object]) -> int:
         """Hand every committed record, in order, to ``handle``; returns how many.
 
